@@ -1,0 +1,49 @@
+"""What a checkpoint holds, and how it is written and read back.
+
+One directory, two files: `state.pt` (weights, optimizer, step, the RNG state of every
+rank, the model spec) and `config.yaml` (the resolved config, readable without torch).
+Carrying the spec and the config with the weights means a checkpoint alone rebuilds the
+model. Ray moves the directory to storage; this module only knows directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import ModelSpec, SequenceModel, build_model
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         step: int, spec: ModelSpec, rng_states: list[Any], config_yaml: str) -> None:
+    directory = Path(directory)
+    torch.save(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "spec": dataclasses.asdict(spec),
+            "rng_states": rng_states,
+        },
+        directory / STATE_FILE,
+    )
+    (directory / CONFIG_FILE).write_text(config_yaml)
+
+
+def load(directory: str | Path) -> dict[str, Any]:
+    # weights_only=False: the state holds RNG states and plain dicts written by `save`.
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_model(directory: str | Path) -> SequenceModel:
+    """Rebuild the trained model from a checkpoint directory, on the CPU."""
+    state = load(directory)
+    model = build_model(ModelSpec(**state["spec"]))
+    model.load_state_dict(state["model"])
+    return model

@@ -1,0 +1,126 @@
+"""`rnn-orch`: the command line.
+
+    rnn-orch train configs/adding.yaml model.cell=gru train.steps=500
+    rnn-orch data make adding --rows 20000 --out data/adding
+
+Exit codes: 0 success, 2 bad input (config, overrides, data), 1 training failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from orchestrator.config import ConfigError, describe_keys, load_config
+from pipelines.errors import DataError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, DataError) as exc:
+        print(f"rnn-orch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnn-orch", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train one experiment", epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the experiment CONFIG describes, on a local Ray or the cluster "
+                    "in RAY_ADDRESS. Starting a run again with the same run.name resumes it.",
+    )
+    train.add_argument("config", help="experiment YAML file (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="override config keys, e.g. model.cell=gru train.steps=500")
+    train.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    train.set_defaults(run=_train)
+
+    data = commands.add_parser("data", help="prepare datasets")
+    data_commands = data.add_subparsers(required=True, metavar="ACTION")
+    make = data_commands.add_parser(
+        "make", help="write a synthetic task to Parquet (train/ and val/ under --out)",
+        description="Write a synthetic task as Parquet files that `task.name=parquet "
+                    "task.path=OUT` trains on through Ray Data.",
+    )
+    make.add_argument("task", help="adding or copy")
+    make.add_argument("--rows", type=int, required=True, help="training rows")
+    make.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    make.add_argument("--seq-len", type=int, default=100, help="sequence length T (100)")
+    make.add_argument("--val-rows", type=int, default=1000, help="validation rows (1000)")
+    make.add_argument("--seed", type=int, default=0, help="seed (0)")
+    make.set_defaults(run=_data_make)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    # Ray is imported only here: `--help` and bad configs answer without it.
+    from orchestrator import driver
+
+    config = driver.resolve(load_config(args.config, args.overrides), dict(os.environ))
+    print(f"rnn-orch: run {config.run.name}: {config.task.name} (T={config.task.seq_len}), "
+          f"{config.model.cell} x{config.model.num_layers}, {config.train.steps} steps, "
+          f"{config.scaling.num_workers} workers", flush=True)
+    try:
+        outcome = driver.train(config, verbose=args.verbose)
+    except driver.TrainingFailed as exc:
+        print(f"rnn-orch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(summary(outcome, args.config, config))
+    return EXIT_OK
+
+
+def summary(outcome, config_path: str, config) -> str:
+    from orchestrator.tracking import ui_command
+
+    final = outcome.final
+    lines = [f"Done in {outcome.seconds:.0f} s: run {outcome.run_name}"
+             f"{' (resumed)' if outcome.resumed else ''}, MLflow run {outcome.run_id}"]
+    if "val_loss" in final:
+        baseline = (f"   baseline {outcome.baseline:.4f} (a model that learned nothing)"
+                    if outcome.baseline is not None else "")
+        lines.append(f"  val_loss {final['val_loss']:.4f} at step {int(final['step'])}{baseline}")
+    if "val_accuracy" in final:
+        lines.append(f"  val_accuracy {final['val_accuracy']:.3f}")
+    lines += [
+        f"  checkpoints: {outcome.run_path}",
+        f"  best:        {outcome.best_checkpoint}",
+        f"  MLflow:      {ui_command(config.tracking.uri, outcome.experiment_id, outcome.run_id)}",
+        f"  resume or extend: rnn-orch train {config_path} run.name={outcome.run_name} "
+        f"train.steps=...",
+    ]
+    return "\n".join(lines)
+
+
+def _data_make(args: argparse.Namespace) -> int:
+    from pipelines.parquet import write_dataset
+    from pipelines.synthetic import TASK_NAMES, make_task
+
+    if args.task not in TASK_NAMES:
+        raise DataError(f"unknown task {args.task!r} for `data make`; expected one of: "
+                        f"{', '.join(TASK_NAMES)}.")
+    try:
+        task = make_task(args.task, args.seq_len)
+        write_dataset(task, args.out, rows=args.rows, val_rows=args.val_rows, seed=args.seed)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    print(f"rnn-orch: wrote {args.rows} training and {args.val_rows} validation rows of "
+          f"{args.task} (T={args.seq_len}) to {args.out}/train and {args.out}/val\n"
+          f"train on them with: task.name=parquet task.path={args.out}")
+    return EXIT_OK
+
+
+def _keys_help() -> str:
+    rows = describe_keys()
+    width = max(len(key) for key, _, _ in rows)
+    lines = ["config keys (set in the YAML file or as key=value overrides):"]
+    lines += [f"  {key:<{width}}  {meaning} [default {default}]" for key, default, meaning in rows]
+    return "\n".join(lines)

@@ -1,0 +1,311 @@
+"""One experiment = one config: frozen dataclasses loaded from YAML, validated on load.
+
+Every key that varies between experiments lives here, with its default and its meaning
+(the meaning is what `rnn-orch train --help` prints). The loop and the driver receive a
+`Config` and never read globals or environment variables themselves; the only outside
+value, the MLflow tracking URI, is resolved once by the CLI.
+
+    seed: 0
+    task:    {name: adding, seq_len: 100}
+    model:   {cell: lstm, hidden_size: 128}
+    train:   {steps: 2000, batch_size: 64}
+    ...
+
+Overrides use dotted keys: `model.cell=gru train.steps=500`. An unknown key, a value of
+the wrong type or outside the accepted set raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models import CELL_NAMES
+from pipelines.synthetic import TASK_NAMES
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and what is accepted."""
+
+
+def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A config field: its default, the sentence `--help` shows, and its accepted values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+CLIP_POLICIES = ("none", "norm", "value")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = _key("adding", "what to learn", ("parquet", *TASK_NAMES))
+    seq_len: int = _key(100, "sequence length T of a synthetic task (the distance to remember)")
+    val_size: int = _key(1000, "rows in the fixed validation set of a synthetic task")
+    path: str = _key("", "parquet task: directory with train/ and val/ Parquet files")
+    num_classes: int = _key(
+        0, "parquet task: number of classes, when the files do not carry rnn-orch metadata"
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "seq_len", "val_size")
+        if self.name == "parquet" and not self.path:
+            raise ConfigError(
+                "task.path is empty but task.name is 'parquet': set task.path to a directory "
+                "holding train/ and val/ Parquet files (see `rnn-orch data make --help`)."
+            )
+        if self.num_classes < 0:
+            raise ConfigError(f"task.num_classes must be >= 0, got {self.num_classes}.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = _key("lstm", "recurrent cell", CELL_NAMES)
+    hidden_size: int = _key(128, "units per recurrent layer")
+    num_layers: int = _key(1, "stacked recurrent layers")
+    dropout: float = _key(0.0, "dropout between stacked layers (needs num_layers > 1)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "hidden_size", "num_layers")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = _key("adam", "optimizer", OPTIMIZERS)
+    lr: float = _key(1e-3, "learning rate")
+    weight_decay: float = _key(0.0, "weight decay (decoupled for adamw)")
+    momentum: float = _key(0.9, "momentum for sgd and rmsprop")
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ConfigError("optim.weight_decay and optim.momentum must be >= 0.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = _key(2000, "optimizer steps in the whole run")
+    batch_size: int = _key(64, "sequences per step on each worker")
+    eval_every: int = _key(100, "steps between validations")
+    checkpoint_every: int = _key(500, "steps between checkpoints (a multiple of eval_every)")
+    keep_checkpoints: int = _key(2, "best checkpoints kept by val_loss (the latest is kept too)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "eval_every", "checkpoint_every",
+                  "keep_checkpoints")
+        if self.checkpoint_every % self.eval_every:
+            raise ConfigError(
+                f"train.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
+                f"train.eval_every ({self.eval_every}), so every checkpoint carries the "
+                "val_loss it is ranked by."
+            )
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    policy: str = _key("norm", "gradient clipping policy", CLIP_POLICIES)
+    threshold: float = _key(1.0, "norm policy: max global norm; value policy: max |gradient|")
+
+    def __post_init__(self) -> None:
+        if self.policy != "none":
+            _positive(self, "threshold")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = _key(2, "Ray Train workers (0 runs the loop in the driver, no Ray workers)")
+    use_gpu: bool = _key(False, "one GPU per worker")
+    cpus_per_worker: float = _key(
+        0.0, "CPUs reserved per worker; 0 = share the cluster's CPUs, leaving one for data"
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.cpus_per_worker < 0:
+            raise ConfigError("scaling.num_workers and scaling.cpus_per_worker must be >= 0.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = _key("", "run name; starting a run with an existing name resumes it (empty = new)")
+    storage_path: str = _key("runs", "where checkpoints go (local dir, or s3://, gs://, NFS)")
+    max_failures: int = _key(0, "worker-group failures to recover from the latest checkpoint")
+
+    def __post_init__(self) -> None:
+        if self.max_failures < -1:
+            raise ConfigError("run.max_failures must be >= -1 (-1 retries forever).")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = _key("rnn-orch", "MLflow experiment name")
+    uri: str = _key("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = _key(0, "one seed; every rank derives its own from it")
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _build(cls, data, prefix="")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"model.cell": "lstm", ...}`: the form MLflow params and overrides use."""
+        return dict(_flatten(self.to_dict()))
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML file, apply `key=value` overrides, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {data!r}.")
+    for item in overrides:
+        _set_dotted(data, *_parse_override(item))
+    return Config.from_dict(data)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    data = config.to_dict()
+    for item in overrides:
+        _set_dotted(data, *_parse_override(item))
+    return Config.from_dict(data)
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) for every key: the body of `--help`."""
+    rows = []
+    for section in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(section.default_factory):
+            for f in dataclasses.fields(section.default_factory):
+                rows.append((f"{section.name}.{f.name}", repr(f.default), _meaning(f)))
+        else:
+            rows.append((section.name, repr(section.default), _meaning(section)))
+    return rows
+
+
+def _meaning(f: dataclasses.Field) -> str:
+    choices = f.metadata.get("choices")
+    suffix = f" ({' | '.join(choices)})" if choices else ""
+    return f.metadata["help"] + suffix
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like section.key=value.")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    *sections, leaf = key.split(".")
+    node = data
+    for name in sections:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {name} is not a section.")
+    node[leaf] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"unknown key '{prefix}{name}' in {where}.{hint} "
+            f"Valid keys there: {', '.join(prefix + f for f in fields)}."
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(f"{prefix}{name}", value, kind, fields[name])
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, kind: type, f: dataclasses.Field) -> Any:
+    """Check one value's type (ints may stand for floats) and its accepted set."""
+    if isinstance(kind, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+    )
+    if kind is float and ok and not math.isfinite(value):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key} must be a {'finite ' if kind is float else ''}"
+                          f"{kind.__name__}, got {value!r}.")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key} is {value!r}, which is not one of: {', '.join(choices)}.{hint}")
+    return float(value) if kind is float else value
+
+
+def _positive(section: Any, *names: str) -> None:
+    prefix = _SECTION_NAMES[type(section)]
+    for name in names:
+        value = getattr(section, name)
+        if value <= 0:
+            raise ConfigError(f"{prefix}.{name} must be > 0, got {value}.")
+
+
+def _flatten(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+_SECTION_NAMES = {
+    f.default_factory: f.name
+    for f in dataclasses.fields(Config)
+    if dataclasses.is_dataclass(f.default_factory)
+}

@@ -1,0 +1,179 @@
+"""Run one experiment on Ray Train: the driver side of `rnn-orch train`.
+
+    rnn-orch train configs/adding.yaml                     # laptop: starts a local Ray
+    ray job submit --working-dir . -- rnn-orch train ...   # cluster: joins it
+
+The driver checks the data, opens the MLflow run, starts `TorchTrainer` with the worker
+loop of `orchestrator.worker`, shows progress, and afterwards logs the final model and
+the best checkpoint to MLflow. Starting a run again under the same `run.name` resumes it
+from its latest checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from orchestrator import checkpoints, tracking
+from orchestrator.config import Config
+from orchestrator.progress import ProgressBoard, ProgressPrinter
+from orchestrator.worker import train_loop_per_worker
+from pipelines.errors import DataError
+from pipelines.parquet import TaskInfo, read_task_info
+from pipelines.ray_datasets import read_split
+from pipelines.synthetic import make_task
+
+
+class TrainingFailed(RuntimeError):
+    """Training itself failed (not the input); the message is the worker's error."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_name: str
+    run_id: str
+    experiment_id: str
+    resumed: bool
+    final: dict[str, float]  # metrics that came with the last checkpoint
+    baseline: float | None
+    run_path: str  # where Ray keeps the run's checkpoints
+    best_checkpoint: str | None
+    seconds: float
+
+
+def resolve(config: Config, environ: dict[str, str]) -> Config:
+    """Fill in what a config may leave open: the run name, absolute storage, the MLflow URI.
+
+    The resolved config is what gets saved with the run, so a resume sees the same values.
+    """
+    run_name = config.run.name or time.strftime(
+        f"{config.task.name}-{config.model.cell}-%Y%m%d-%H%M%S"
+    )
+    storage = config.run.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    return dataclasses.replace(
+        config,
+        run=dataclasses.replace(config.run, name=run_name, storage_path=storage),
+        tracking=dataclasses.replace(
+            config.tracking, uri=tracking.resolve_uri(config.tracking.uri, environ)
+        ),
+    )
+
+
+def task_info(config: Config) -> TaskInfo:
+    """The task's shape (input/output sizes, kind, baseline), checking user data up front."""
+    if config.task.name == "parquet":
+        root = Path(config.task.path)
+        info = read_task_info(root / "train", config.task.num_classes or None)
+        read_task_info(root / "val", config.task.num_classes or None)
+        return info
+    task = make_task(config.task.name, config.task.seq_len)
+    return TaskInfo(task.kind, task.input_size, task.output_size, task.baseline)
+
+
+def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
+    """Train `config` (already `resolve`d). Raises DataError for bad data, TrainingFailed
+    when the workers fail; the MLflow run is then marked FAILED, with everything it had."""
+    started = time.monotonic()
+    info = task_info(config)
+    start_ray(verbose)
+    uri = config.tracking.uri
+    run_id, resumed = tracking.open_run(
+        uri, config.tracking.experiment, config.run.name, config.flat(), config.to_yaml(),
+        tags={"ray.job_id": ray.get_runtime_context().get_job_id()},
+    )
+    board = ProgressBoard.remote()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "task": dataclasses.asdict(info),
+                           "run_id": run_id, "tracking_uri": uri, "board": board},
+        scaling_config=scaling_config(config),
+        run_config=ray.train.RunConfig(
+            name=config.run.name,
+            storage_path=config.run.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.train.keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        ),
+        datasets=parquet_datasets(config) if config.task.name == "parquet" else None,
+    )
+    try:
+        with ProgressPrinter(board, config.train.steps, stream):
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        tracking.finish_run(uri, run_id, succeeded=False)
+        raise failure(exc) from None
+    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
+        tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
+    tracking.finish_run(uri, run_id, succeeded=True)
+    return Outcome(
+        run_name=config.run.name, run_id=run_id,
+        experiment_id=tracking.experiment_id_of(uri, run_id), resumed=resumed,
+        final=dict(result.metrics or {}), baseline=info.baseline, run_path=str(result.path),
+        best_checkpoint=best.path, seconds=time.monotonic() - started,
+    )
+
+
+def start_ray(verbose: bool) -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`) or start a local one.
+
+    Without --verbose, worker and controller logs stay in Ray's log files; the user sees
+    the progress line instead.
+    """
+    if ray.is_initialized():
+        return
+    ray.init(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+
+
+def scaling_config(config: Config) -> ray.train.ScalingConfig:
+    """Workers from the config; CPUs per worker sized so Ray Data tasks still find a CPU.
+
+    On a 2-CPU laptop two workers of one CPU each leave nothing for Ray Data's read tasks
+    and training deadlocks; by default each worker takes an equal share of all CPUs but
+    one.
+    """
+    s = config.scaling
+    if s.num_workers == 0:
+        return ray.train.ScalingConfig(num_workers=0)
+    cpus = s.cpus_per_worker
+    if not cpus:
+        total = ray.cluster_resources().get("CPU", 1.0)
+        cpus = 1.0 if s.use_gpu else min(1.0, max(total - 1.0, 1.0) / s.num_workers)
+    return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                   resources_per_worker={"CPU": cpus})
+
+
+def parquet_datasets(config: Config) -> dict[str, ray.data.Dataset]:
+    root = Path(config.task.path)
+    return {"train": read_split(root / "train"), "val": read_split(root / "val")}
+
+
+def failure(exc: ray.train.TrainingFailedError) -> Exception:
+    """One paragraph from a worker-group failure: the first worker error, by rank.
+
+    A DataError raised inside a worker stays a DataError (bad input, exit code 2).
+    """
+    causes = getattr(exc, "worker_failures", {}) or {}
+    for _, error in sorted(causes.items()):
+        cause = getattr(error, "cause", None) or error
+        if isinstance(cause, DataError):
+            return DataError(str(cause))
+        last_line = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
+        return TrainingFailed(f"training failed on a worker: {type(cause).__name__}: "
+                              f"{last_line} (rerun with --verbose for the full log).")
+    return TrainingFailed(f"training failed: {str(exc).strip().splitlines()[-1]}")

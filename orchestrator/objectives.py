@@ -1,0 +1,54 @@
+"""Loss and validation figures for each kind of task.
+
+The task kind (`regression`, `per_step`, `sequence`) decides the head and the loss.
+Validation accumulates sums, not means, so shards of different sizes on different ranks
+add up to the exact figure over the whole validation set once all-reduced.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipelines.collate import IGNORE_INDEX
+
+
+def loss(kind: str, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean loss of one batch: MSE for regression, cross-entropy per step or per sequence."""
+    if kind == "regression":
+        return F.mse_loss(outputs, batch["targets"])
+    return F.cross_entropy(_flat_logits(outputs), batch["targets"].reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+def validation_sums(kind: str, outputs: torch.Tensor,
+                    batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[loss sum, loss count, correct, scored] of one batch, as one tensor to all-reduce."""
+    targets = batch["targets"]
+    if kind == "regression":
+        errors = F.mse_loss(outputs, targets, reduction="none")
+        zero = errors.new_zeros(())
+        return _as_row(errors.sum(), errors.new_tensor(errors.numel()), zero, zero)
+    losses = F.cross_entropy(_flat_logits(outputs), targets.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="sum")
+    valid = targets != IGNORE_INDEX
+    scored = batch.get("scored", valid) & valid
+    correct = (outputs.argmax(-1) == targets) & scored
+    return _as_row(losses, valid.sum(), correct.sum(), scored.sum())
+
+
+def summarize(kind: str, sums: torch.Tensor) -> dict[str, float]:
+    """`val_loss` (and `val_accuracy` for classification) from all-reduced sums."""
+    loss_sum, count, correct, scored = sums.tolist()
+    figures = {"val_loss": loss_sum / max(count, 1.0)}
+    if kind != "regression":
+        figures["val_accuracy"] = correct / max(scored, 1.0)
+    return figures
+
+
+def _flat_logits(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs.reshape(-1, outputs.shape[-1])
+
+
+def _as_row(*values: torch.Tensor) -> torch.Tensor:
+    return torch.stack([v.double() for v in values])

@@ -1,0 +1,153 @@
+"""Everything MLflow: the one module that imports it.
+
+The driver opens the run before training and passes its id into the loop, so rank 0 of
+any worker group (the first, or one restarted after a failure) writes to the same run.
+Ray Train V2 has no MLflow callback, so the loop logs itself, batched: one `log_batch`
+call every couple of seconds instead of one call per metric per step, because a SQLite
+store costs milliseconds per call.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+RUN_NAME_TAG = "rnn_orch.run_name"
+_BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def resolve_uri(configured: str, environ: dict[str, str]) -> str:
+    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else a SQLite file in the working directory.
+
+    A relative SQLite path is made absolute: Ray workers do not share the driver's
+    working directory, and they must write to the same file.
+    """
+    uri = configured or environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def ui_command(uri: str, experiment_id: str, run_id: str) -> str:
+    """The command that opens the MLflow UI on this store, and the page of the run."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (f"mlflow ui --backend-store-uri {uri}   then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+
+
+def open_run(uri: str, experiment: str, run_name: str, params: dict, config_yaml: str,
+             tags: dict[str, str]) -> tuple[str, bool]:
+    """Find the run named `run_name` in `experiment`, or create it. Returns (run_id, resumed).
+
+    A run started again under the same name (a resume) keeps its MLflow run: params are
+    immutable there, so they are logged only when the run is created.
+    """
+    client = MlflowClient(uri)
+    experiment_id = _experiment_id(client, experiment)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id, True
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **_git_tags(), **tags}
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[
+        mlflow.entities.Param(key, str(value)) for key, value in params.items()
+    ])
+    client.log_text(run_id, config_yaml, "config.yaml")
+    return run_id, False
+
+
+def experiment_id_of(uri: str, run_id: str) -> str:
+    return MlflowClient(uri).get_run(run_id).info.experiment_id
+
+
+def finish_run(uri: str, run_id: str, succeeded: bool) -> None:
+    status = RunStatus.FINISHED if succeeded else RunStatus.FAILED
+    MlflowClient(uri).set_terminated(run_id, status=RunStatus.to_string(status))
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = MlflowClient(uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> None:
+    """Log the final model with MLflow's PyTorch flavour, and the best checkpoint's files.
+
+    The `models` package travels with the model (`code_paths`), so
+    `mlflow.pytorch.load_model` works where rnn-orch is not installed.
+    """
+    import models
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name="model",
+            code_paths=[str(Path(models.__file__).parent)],
+            serialization_format="pickle",
+            pip_requirements=["torch", "numpy"],
+        )
+        if checkpoint_dir:
+            mlflow.log_artifacts(checkpoint_dir, "best_checkpoint")
+
+
+class MetricLogger:
+    """Buffers per-step metrics on rank 0 and sends them in batches.
+
+    `log` costs a list append; the store is written at most every `flush_every_s`
+    seconds and on `flush()`.
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 2.0):
+        self._client = MlflowClient(uri)
+        self._run_id = run_id
+        self._flush_every_s = flush_every_s
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        now_ms = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now_ms, step) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self._pending), _BATCH_LIMIT):
+            self._client.log_batch(self._run_id, self._pending[start:start + _BATCH_LIMIT])
+        self._pending.clear()
+        self._last_flush = time.monotonic()
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name)
+    return experiment.experiment_id
+
+
+def _git_tags() -> dict[str, str]:
+    """The commit the code came from, when the working directory is a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.getcwd(),
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit} if commit else {}

@@ -1,0 +1,266 @@
+"""The training loop that runs on every Ray Train worker.
+
+It reads like a recipe:
+
+    restore -> build -> for each step: batch -> forward -> loss -> backward -> clip
+                                       -> step -> record -> (validate -> checkpoint)
+
+Everything here is plain PyTorch except the lines marked `# [ray]`. The driver
+(`orchestrator.driver`) starts it with `TorchTrainer(train_loop_per_worker, ...)`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train  # [ray]
+import ray.train.torch  # [ray]
+import torch
+import torch.distributed as dist
+
+from models import ModelSpec, build_model
+from orchestrator import checkpoints, objectives
+from orchestrator.clipping import clip_gradients
+from orchestrator.config import Config
+from orchestrator.optimizers import build_optimizer
+from orchestrator.progress import ProgressPoster
+from orchestrator.tracking import MetricLogger
+from pipelines.parquet import TaskInfo
+from pipelines.ray_datasets import PaddingCollate
+from pipelines.sources import ShardBatches, SyntheticBatches
+from pipelines.synthetic import make_task, rng_for
+
+CLIP_RATE_WINDOW = 100  # clip_rate = fraction of the last 100 steps that were clipped
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this copy of the loop runs."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. `loop_config` holds plain values: the resolved config, the
+    task's shape, the MLflow run to write to, and the progress board (or None)."""
+    config = Config.from_dict(loop_config["config"])
+    info = TaskInfo(**loop_config["task"])
+    context = ray.train.get_context()  # [ray]
+    place = Place(context.get_world_rank(), context.get_world_size(),
+                  ray.train.torch.get_device())  # [ray]
+    spec = model_spec(config, info)
+
+    state = restored_state()
+    model, optimizer = build_model_and_optimizer(config, spec, state, place)
+    restore_rng(config.seed, state, place)
+    batches = make_batches(config, info, place)
+    recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
+
+    step = state["step"] if state else 0
+    while step < config.train.steps:
+        step += 1
+        figures = train_step(model, optimizer, batches.train_batch(step), config, info.kind,
+                             place)
+        if recorder:
+            recorder.step(step, figures)
+        if step % config.train.eval_every == 0 or step == config.train.steps:
+            validation = validate(model, batches, info.kind, place)
+            if recorder:
+                recorder.validation(step, validation)
+            if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+                save_and_report(step, {**figures, **validation}, model, optimizer, spec,
+                                config, place)
+    if recorder:
+        recorder.close()
+
+
+def model_spec(config: Config, info: TaskInfo) -> ModelSpec:
+    return ModelSpec(
+        cell=config.model.cell, input_size=info.input_size,
+        hidden_size=config.model.hidden_size, num_layers=config.model.num_layers,
+        dropout=config.model.dropout, head=info.kind, output_size=info.output_size,
+    )
+
+
+def restored_state() -> dict[str, Any] | None:
+    """The state of the latest checkpoint when this run is a resume or a restart."""
+    checkpoint = ray.train.get_checkpoint()  # [ray]
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return checkpoints.load(directory)
+
+
+def build_model_and_optimizer(config: Config, spec: ModelSpec, state: dict | None,
+                              place: Place) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(config.seed)  # same initial weights everywhere; DDP broadcasts anyway
+    model = build_model(spec)
+    if state:
+        model.load_state_dict(state["model"])
+    model = ray.train.torch.prepare_model(model)  # [ray] device + DistributedDataParallel
+    o = config.optim
+    optimizer = build_optimizer(o.name, model.parameters(), o.lr, o.weight_decay, o.momentum)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+    return model, optimizer
+
+
+def restore_rng(seed: int, state: dict | None, place: Place) -> None:
+    """Put back this rank's RNG (dropout) state, or derive a fresh one from (seed, rank, step).
+
+    Data needs no RNG state: batches are a function of (seed, rank, step).
+    """
+    if state and len(state["rng_states"]) == place.world:
+        saved = state["rng_states"][place.rank]
+        torch.set_rng_state(saved["torch"])
+        if "cuda" in saved and place.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda"], place.device)
+        return
+    step = state["step"] if state else 0
+    torch.manual_seed(int(rng_for(seed, place.rank, step).integers(2**62)))
+
+
+def make_batches(config: Config, info: TaskInfo, place: Place):
+    if config.task.name == "parquet":
+        return ShardBatches(
+            ray.train.get_dataset_shard("train"),  # [ray]
+            ray.train.get_dataset_shard("val"),  # [ray]
+            config.train.batch_size,
+            PaddingCollate(info.kind),
+        )
+    task = make_task(config.task.name, config.task.seq_len)
+    return SyntheticBatches(task, config.seed, place.rank, place.world,
+                            config.train.batch_size, config.task.val_size)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batch: dict[str, torch.Tensor], config: Config, kind: str,
+               place: Place) -> dict[str, float]:
+    tokens = int(batch["lengths"].sum()) * place.world
+    batch = to_device(batch, place.device)
+    model.train()
+    outputs = model(batch["inputs"], batch["lengths"])
+    loss = objectives.loss(kind, outputs, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP all-reduces the gradients here
+    clip = clip_gradients(model.parameters(), config.clip.policy, config.clip.threshold)
+    optimizer.step()
+    return {
+        "train_loss": mean_over_ranks(loss.detach()),
+        "grad_norm": clip.grad_norm,
+        "grad_norm_clipped": clip.grad_norm_clipped,
+        "clipped": float(clip.clipped),
+        "tokens": float(tokens),
+    }
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches, kind: str, place: Place) -> dict[str, float]:
+    """Validation over the whole set: each rank sums over its slice, then one all-reduce.
+
+    The unwrapped module is used: ranks may hold slices of different sizes, and a DDP
+    forward could wait for collectives the other ranks never start.
+    """
+    module = unwrap(model)
+    module.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=place.device)
+    for batch in batches.validation_batches():
+        batch = to_device(batch, place.device)
+        sums += objectives.validation_sums(kind, module(batch["inputs"], batch["lengths"]),
+                                           batch)
+    if distributed():
+        dist.all_reduce(sums)
+    return objectives.summarize(kind, sums)
+
+
+def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, spec: ModelSpec, config: Config,
+                    place: Place) -> None:
+    """Every rank reports (it is a barrier); rank 0 alone writes the checkpoint."""
+    rng_states = gather_rng_states(place)
+    metrics = {key: figures[key] for key in figures if key not in ("clipped", "tokens")}
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if place.rank == 0:
+            checkpoints.save(directory, model=unwrap(model), optimizer=optimizer, step=step,
+                             spec=spec, rng_states=rng_states, config_yaml=config.to_yaml())
+            checkpoint = ray.train.Checkpoint.from_directory(directory)  # [ray]
+        ray.train.report(  # [ray]
+            {**metrics, "step": step}, checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint_{step:08d}",
+        )
+
+
+class Recorder:
+    """Rank 0's per-step bookkeeping: derived figures, MLflow metrics, the progress line."""
+
+    def __init__(self, loop_config: dict[str, Any], place: Place,
+                 optimizer: torch.optim.Optimizer):
+        self._logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
+        board = loop_config.get("board")
+        self._progress = ProgressPoster(board) if board is not None else None
+        self._optimizer = optimizer
+        self._clipped = deque(maxlen=CLIP_RATE_WINDOW)
+        self._last_time = time.perf_counter()
+
+    def step(self, step: int, figures: dict[str, float]) -> None:
+        now = time.perf_counter()
+        self._clipped.append(figures["clipped"])
+        metrics = {
+            "train_loss": figures["train_loss"],
+            "grad_norm": figures["grad_norm"],
+            "grad_norm_clipped": figures["grad_norm_clipped"],
+            "clip_rate": sum(self._clipped) / len(self._clipped),
+            "lr": self._optimizer.param_groups[0]["lr"],
+            "tokens_per_s": figures["tokens"] / max(now - self._last_time, 1e-9),
+        }
+        self._last_time = now
+        self._logger.log(step, metrics)
+        if self._progress:
+            self._progress.post({"step": step, **metrics})
+
+    def validation(self, step: int, figures: dict[str, float]) -> None:
+        self._logger.log(step, figures)
+        if self._progress:
+            self._progress.post({"step": step, "val_step": step, **figures}, force=True)
+        self._last_time = time.perf_counter()  # validation time is not training throughput
+
+    def close(self) -> None:
+        self._logger.flush()
+
+
+def gather_rng_states(place: Place) -> list[dict[str, torch.Tensor]]:
+    state = {"torch": torch.get_rng_state()}
+    if place.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(place.device)
+    if not distributed():
+        return [state]
+    states: list[Any] = [None] * place.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    if distributed():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value.item()
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}

@@ -1,0 +1,132 @@
+"""Padding ragged rows into the batch format, and the numpy -> torch conversion.
+
+The training loop only ever sees one layout (batch-first, padded, with true lengths):
+
+    inputs   float32 (B, T, F)   0.0 past each row's length
+    lengths  int64   (B,)
+    targets  float32 (B, O) | int64 (B, T) padded with IGNORE_INDEX | int64 (B,)
+    scored   bool    (B, T)      optional, per_step only, False past each row's length
+
+    row 0: x x x x x x      lengths[0] = 6
+    row 1: x x x . . .      lengths[1] = 3   (. = padding)
+
+Parquet rows have their own lengths, and Ray Data hands a `list<...>` column over as an
+object array holding one array per row (a `list<list<...>>` column as an object array of
+object arrays, one per step). `pad_batch` turns such columns into the layout above; it
+is plain numpy, so it is tested without Ray, and `ray_datasets.PaddingCollate` only wraps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import chain
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+"""Target value of padded steps; torch's cross_entropy skips it by default."""
+
+KINDS = ("regression", "per_step", "sequence")
+"""Target kinds of the batch format; models/ has one head per kind."""
+
+_FIXED_DTYPES = {"inputs": np.float32, "lengths": np.int64, "scored": np.bool_}
+
+
+def check_kind(kind: str) -> str:
+    """Return `kind` if it is one of KINDS, so a typo fails where it is made."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown task kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    return kind
+
+
+def pad_rows(rows: np.ndarray, *, fill: float | int | bool, dtype: type, name: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Pad per-row arrays of shape (T_i, ...) into one (B, max T_i, ...) array.
+
+    `rows` is either already rectangular (a numeric ndarray, every row full length) or a
+    sequence of rows as Ray Data yields them. Returns the padded array and the int64
+    row lengths. The copy is one concatenate and one masked assignment, not a Python
+    loop over steps, because this runs for every training batch.
+    """
+    if isinstance(rows, np.ndarray) and rows.dtype != object:
+        if rows.ndim < 2:
+            raise ValueError(f"Column `{name}` must hold one sequence per row; got a flat "
+                             f"array of shape {rows.shape}.")
+        return rows.astype(dtype, copy=False), np.full(len(rows), rows.shape[1], np.int64)
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    if len(rows) == 0 or lengths.min() == 0:
+        raise ValueError(f"Column `{name}` has an empty row (or the batch has no rows); every "
+                         f"row needs at least one step, got lengths {lengths.tolist()}.")
+    steps = _concatenate_steps(rows, name)
+    padded = np.full((len(rows), lengths.max(), *steps.shape[1:]), fill, dtype=dtype)
+    padded[np.arange(padded.shape[1]) < lengths[:, None]] = steps
+    return padded, lengths
+
+
+def _concatenate_steps(rows: np.ndarray, name: str) -> np.ndarray:
+    """All rows' steps stacked along axis 0, in row order (what the masked write expects)."""
+    arrays = [np.asarray(row) for row in rows]
+    if all(array.dtype != object for array in arrays):
+        return np.concatenate(arrays)
+    # A list<list<...>> column: each row is an object array of per-step arrays.
+    steps = list(chain.from_iterable(arrays))
+    widths = np.fromiter(map(len, steps), dtype=np.int64, count=len(steps))
+    if widths.min() != widths.max():
+        raise ValueError(f"Column `{name}` must have the same number of features at every "
+                         f"step; found between {widths.min()} and {widths.max()}.")
+    return np.concatenate(steps).reshape(len(steps), widths[0])
+
+
+def pad_batch(columns: Mapping[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    """Turn a batch of dataset rows (columns inputs, targets, optional scored) into the
+    numpy batch format, padding ragged rows and computing `lengths`."""
+    inputs, lengths = pad_rows(columns["inputs"], fill=0.0, dtype=np.float32, name="inputs")
+    batch = {"inputs": inputs, "lengths": lengths,
+             "targets": _targets(columns["targets"], check_kind(kind), lengths)}
+    if "scored" in columns:
+        batch["scored"] = _per_step(columns["scored"], "scored", False, np.bool_, lengths)
+    return batch
+
+
+def _targets(column: np.ndarray, kind: str, lengths: np.ndarray) -> np.ndarray:
+    if kind == "sequence":
+        return np.asarray(column, dtype=np.int64).reshape(-1)
+    if kind == "per_step":
+        return _per_step(column, "targets", IGNORE_INDEX, np.int64, lengths)
+    targets, widths = pad_rows(column, fill=0.0, dtype=np.float32, name="targets")
+    if widths.min() != widths.max():
+        raise ValueError(f"Column `targets` of a regression task must have the same length "
+                         f"(output_size) in every row; found lengths {sorted(set(widths))}.")
+    return targets
+
+
+def _per_step(column: np.ndarray, name: str, fill: int | bool, dtype: type,
+              lengths: np.ndarray) -> np.ndarray:
+    padded, column_lengths = pad_rows(column, fill=fill, dtype=dtype, name=name)
+    if not np.array_equal(column_lengths, lengths):
+        raise ValueError(f"Column `{name}` must have one entry per input step; row lengths "
+                         f"{column_lengths.tolist()} differ from `inputs` row lengths "
+                         f"{lengths.tolist()}.")
+    return padded
+
+
+def to_torch(batch_np: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Convert a numpy batch to torch tensors with the batch format's dtypes.
+
+    Targets keep their family (float -> float32, integer -> int64) because the kind is
+    decided by the task, not here. Arrays are copied only when the dtype differs or the
+    array is read-only (Ray hands out read-only views; torch warns on those).
+    """
+    return {name: torch.from_numpy(np.require(array, dtype=_numpy_dtype(name, array),
+                                              requirements=("C", "W")))
+            for name, array in batch_np.items()}
+
+
+def _numpy_dtype(name: str, array: np.ndarray) -> type:
+    if name == "targets":
+        return np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
+    if name not in _FIXED_DTYPES:
+        raise ValueError(f"Batch key {name!r} is not part of the batch format; expected "
+                         f"inputs, lengths, targets and optionally scored.")
+    return _FIXED_DTYPES[name]

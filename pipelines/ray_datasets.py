@@ -1,0 +1,54 @@
+"""Ray Data over a Parquet split, and the collate that pads its ragged rows.
+
+The only module of pipelines/ that imports ray.data (importing it costs about a second,
+and the generators and Parquet helpers must stay usable without Ray). Typical use in a
+Ray Train worker:
+
+    info = read_task_info(split_dir)
+    shard = ray.train.get_dataset_shard("train")          # from read_split(split_dir)
+    for batch in shard.iter_torch_batches(batch_size=64, collate_fn=PaddingCollate(info.kind)):
+        ...                                                # the batch format of collate.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray.data
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from pipelines.collate import check_kind, pad_batch, to_torch
+from pipelines.parquet import split_files
+
+
+def read_split(split_dir: str | Path) -> ray.data.Dataset:
+    """A Dataset of the split's rows with only the columns of the row schema.
+
+    The files are listed here (and their schema checked by read_task_info) rather than
+    by Ray, so a missing or empty directory fails with a DataError naming it. The path
+    must be visible to every node (local disk on one machine, shared storage on a cluster).
+    """
+    files = split_files(split_dir)
+    names = pq.read_schema(files[0]).names
+    columns = [name for name in ("inputs", "targets", "scored") if name in names]
+    # select_columns after the read is pushed down into it (`columns=` is deprecated).
+    return ray.data.read_parquet([str(path) for path in files]).select_columns(columns)
+
+
+class PaddingCollate(NumpyBatchCollateFn):
+    """`iter_torch_batches` collate_fn: Ray Data numpy batch -> padded torch batch.
+
+    Ray Data cannot turn ragged list<...> columns into tensors by itself, and plain
+    functions as collate_fn are deprecated, hence this class. `kind` (TaskInfo.kind)
+    says how to read `targets`. Runs on Ray's collate threads; it keeps no state.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = check_kind(kind)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return to_torch(pad_batch(batch, self.kind))

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.errors import DataError
+from pipelines.parquet import METADATA_KEY, TaskInfo, read_task_info, write_dataset
+from pipelines.synthetic import AddingProblem, CopyMemory, rng_for, validation_set
+
+
+def _read_rows(path: Path) -> dict[str, np.ndarray]:
+    """A written file back as numpy arrays (all rows of a synthetic file share a length)."""
+    table = pq.read_table(path)
+    return {name: np.array(table[name].to_pylist()) for name in table.column_names}
+
+
+def _assert_rows_equal(path: Path, batch: dict[str, np.ndarray]) -> None:
+    rows = _read_rows(path)
+    assert set(rows) == set(batch) - {"lengths"}
+    for name, array in rows.items():
+        np.testing.assert_array_equal(array.astype(batch[name].dtype), batch[name])
+
+
+@pytest.mark.parametrize("task", [AddingProblem(6), CopyMemory(5, n_symbols=3, copy_len=2)],
+                         ids=["adding", "copy"])
+def test_write_dataset_round_trip(tmp_path: Path, task) -> None:
+    write_dataset(task, tmp_path / "ds", rows=10, val_rows=5, seed=3, rows_per_file=4)
+    train = sorted((tmp_path / "ds" / "train").iterdir())
+    assert [path.name for path in train] == [f"part-0000{i}.parquet" for i in range(3)]
+    for part, (path, rows) in enumerate(zip(train, (4, 4, 2), strict=True)):
+        _assert_rows_equal(path, task.generate(rng_for(3, 0, part), rows))
+    val = validation_set(task, 3, 5)
+    val_files = sorted((tmp_path / "ds" / "val").iterdir())
+    _assert_rows_equal(val_files[0], {key: array[:4] for key, array in val.items()})
+    _assert_rows_equal(val_files[1], {key: array[4:] for key, array in val.items()})
+    expected = TaskInfo(task.kind, task.input_size, task.output_size, task.baseline)
+    assert read_task_info(tmp_path / "ds" / "train") == expected
+    assert read_task_info(tmp_path / "ds" / "val") == expected
+    assert json.loads(pq.read_schema(train[0]).metadata[METADATA_KEY])["task"] == task.name
+
+
+def test_written_schema_matches_the_row_schema(tmp_path: Path) -> None:
+    write_dataset(CopyMemory(4), tmp_path / "ds", rows=2, val_rows=1, seed=0)
+    schema = pq.read_schema(tmp_path / "ds" / "train" / "part-00000.parquet")
+    assert schema.field("inputs").type == pa.list_(pa.list_(pa.float32()))
+    assert schema.field("targets").type == pa.list_(pa.int64())
+    assert schema.field("scored").type == pa.list_(pa.bool_())
+
+
+def test_write_dataset_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
+    (tmp_path / "old.txt").write_text("earlier run")
+    with pytest.raises(DataError, match=re.escape(str(tmp_path))):
+        write_dataset(AddingProblem(4), tmp_path, rows=2, val_rows=1, seed=0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["old.txt"]
+
+
+def test_write_dataset_rejects_zero_rows(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="val_rows"):
+        write_dataset(AddingProblem(4), tmp_path / "ds", rows=2, val_rows=0, seed=0)
+
+
+def _write(split_dir: Path, columns: dict[str, pa.Array]) -> Path:
+    split_dir.mkdir(parents=True, exist_ok=True)
+    path = split_dir / "part-00000.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+_INPUTS = pa.array([[[0.5, 1.0], [1.5, 2.0]], [[3.0, 4.0]]], type=pa.list_(pa.list_(pa.float32())))
+
+
+def test_read_task_info_infers_sizes_without_metadata(tmp_path: Path) -> None:
+    _write(tmp_path / "reg", {"inputs": _INPUTS, "targets": pa.array([[1.0, 2.0, 3.0]] * 2)})
+    assert read_task_info(tmp_path / "reg") == TaskInfo("regression", 2, 3, None)
+    _write(tmp_path / "step", {"inputs": _INPUTS, "targets": pa.array([[1, 0], [2]])})
+    assert read_task_info(tmp_path / "step", num_classes=5) == TaskInfo("per_step", 2, 5, None)
+    _write(tmp_path / "seq", {"inputs": _INPUTS, "targets": pa.array([1, 0])})
+    assert read_task_info(tmp_path / "seq", num_classes=2) == TaskInfo("sequence", 2, 2, None)
+
+
+def test_read_task_info_needs_num_classes_for_classification_without_metadata(
+        tmp_path: Path) -> None:
+    path = _write(tmp_path, {"inputs": _INPUTS, "targets": pa.array([[1, 0], [2]])})
+    with pytest.raises(DataError, match="task.num_classes") as error:
+        read_task_info(tmp_path)
+    assert str(path) in str(error.value)
+
+
+def test_read_task_info_rejects_missing_and_empty_dirs(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "nope"))):
+        read_task_info(tmp_path / "nope")
+    with pytest.raises(DataError, match="no .parquet files"):
+        read_task_info(tmp_path)
+
+
+@pytest.mark.parametrize("columns, column", [
+    ({"inputs": pa.array([[0.5, 1.0]]), "targets": pa.array([[1.0]])}, "`inputs`"),
+    ({"inputs": pa.array([[["a"]]]), "targets": pa.array([[1.0]])}, "`inputs`"),
+    ({"inputs": _INPUTS}, "`targets`"),
+    ({"targets": pa.array([[1.0]] * 2)}, "`inputs`"),
+    ({"inputs": _INPUTS, "targets": pa.array(["a", "b"])}, "`targets`"),
+    ({"inputs": _INPUTS, "targets": pa.array([1, 0]), "scored": pa.array([[True], [True]])},
+     "`scored`"),
+], ids=["flat-inputs", "string-inputs", "no-targets", "no-inputs", "string-targets",
+        "scored-with-sequence"])
+def test_read_task_info_rejects_bad_columns_naming_file_and_column(
+        tmp_path: Path, columns: dict[str, pa.Array], column: str) -> None:
+    path = _write(tmp_path, columns)
+    with pytest.raises(DataError, match=column) as error:
+        read_task_info(tmp_path, num_classes=3)
+    assert str(path) in str(error.value)
+
+
+def test_read_task_info_rejects_num_classes_that_contradict_metadata(tmp_path: Path) -> None:
+    write_dataset(CopyMemory(4, n_symbols=5), tmp_path / "ds", rows=2, val_rows=1, seed=0)
+    assert read_task_info(tmp_path / "ds" / "train", num_classes=6).output_size == 6
+    with pytest.raises(DataError, match="task.num_classes is 4"):
+        read_task_info(tmp_path / "ds" / "train", num_classes=4)
