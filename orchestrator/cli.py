@@ -15,7 +15,7 @@ import sys
 from orchestrator.config import ConfigError, describe_keys, load_config
 from pipelines.errors import DataError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,18 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # Ray is imported only here: `--help` and bad configs answer without it.
+    config = load_config(args.config, args.overrides)
+    # Ray is imported only now: `--help` and bad configs answer without waiting for it.
     from orchestrator import driver
 
-    config = driver.resolve(load_config(args.config, args.overrides), dict(os.environ))
-    print(f"rnn-orch: run {config.run.name}: {config.task.name} (T={config.task.seq_len}), "
-          f"{config.model.cell} x{config.model.num_layers}, {config.train.steps} steps, "
+    config = driver.resolve(config, dict(os.environ))
+    task = (f"Parquet data in {config.task.path}" if config.task.name == "parquet"
+            else f"{config.task.name} (T={config.task.seq_len})")
+    print(f"rnn-orch: run {config.run.name}: {task}, {config.model.cell} "
+          f"x{config.model.num_layers}, {config.train.steps} steps, "
           f"{config.scaling.num_workers} workers", flush=True)
     try:
         outcome = driver.train(config, verbose=args.verbose)
     except driver.TrainingFailed as exc:
         print(f"rnn-orch: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\nrnn-orch: interrupted; resume from the latest checkpoint with: "
+              f"{resume_command(args.config, config.run.name)}", flush=True)
+        return EXIT_INTERRUPTED
     print(summary(outcome, args.config, config))
     return EXIT_OK
 
@@ -94,10 +101,13 @@ def summary(outcome, config_path: str, config) -> str:
         f"  checkpoints: {outcome.run_path}",
         f"  best:        {outcome.best_checkpoint}",
         f"  MLflow:      {ui_command(config.tracking.uri, outcome.experiment_id, outcome.run_id)}",
-        f"  resume or extend: rnn-orch train {config_path} run.name={outcome.run_name} "
-        f"train.steps=...",
+        f"  resume or extend: {resume_command(config_path, outcome.run_name)} train.steps=...",
     ]
     return "\n".join(lines)
+
+
+def resume_command(config_path: str, run_name: str) -> str:
+    return f"rnn-orch train {config_path} run.name={run_name}"
 
 
 def _data_make(args: argparse.Namespace) -> int:

@@ -24,15 +24,16 @@ def clip_gradients(
     parameters: Iterable[torch.nn.Parameter], policy: str, threshold: float
 ) -> ClipResult:
     """Apply `policy` in place and measure the global gradient norm before and after."""
-    grads = [p.grad for p in parameters if p.grad is not None]
+    parameters = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters]
     before = _global_norm(grads)
     if policy == "none":
         return ClipResult(before, before, False)
     if policy == "norm":
         # torch's own clip: scales every gradient by threshold / norm when norm > threshold.
-        torch.nn.utils.clip_grad_norm_(grads, threshold)
+        torch.nn.utils.clip_grad_norm_(parameters, threshold)
     elif policy == "value":
-        torch.nn.utils.clip_grad_value_(grads, threshold)
+        torch.nn.utils.clip_grad_value_(parameters, threshold)
     else:
         raise ValueError(f"clip.policy {policy!r} is not one of: none, norm, value.")
     after = _global_norm(grads)

@@ -269,6 +269,10 @@ def _coerce(key: str, value: Any, kind: type, f: dataclasses.Field) -> Any:
     """Check one value's type (ints may stand for floats) and its accepted set."""
     if isinstance(kind, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is float and isinstance(value, str):
+        value = _float_or_text(value)  # YAML 1.1 reads `1e-3` (no dot) as text
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # run.name=2024 means the text "2024"
     ok = (
         (kind is bool and isinstance(value, bool))
         or (kind is int and isinstance(value, int) and not isinstance(value, bool))
@@ -278,14 +282,22 @@ def _coerce(key: str, value: Any, kind: type, f: dataclasses.Field) -> Any:
     if kind is float and ok and not math.isfinite(value):
         ok = False
     if not ok:
-        raise ConfigError(f"{key} must be a {'finite ' if kind is float else ''}"
-                          f"{kind.__name__}, got {value!r}.")
+        expected = {bool: "true or false", int: "an integer", float: "a finite number",
+                    str: "a text"}[kind]
+        raise ConfigError(f"{key} must be {expected}, got {value!r}.")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{key} is {value!r}, which is not one of: {', '.join(choices)}.{hint}")
     return float(value) if kind is float else value
+
+
+def _float_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _positive(section: Any, *names: str) -> None:

@@ -82,10 +82,13 @@ def task_info(config: Config) -> TaskInfo:
 
 def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     """Train `config` (already `resolve`d). Raises DataError for bad data, TrainingFailed
-    when the workers fail; the MLflow run is then marked FAILED, with everything it had."""
+    when the workers fail (the MLflow run is then marked FAILED, with everything it had),
+    KeyboardInterrupt on Ctrl-C (the run is marked KILLED and can be resumed)."""
     started = time.monotonic()
     info = task_info(config)
     start_ray(verbose)
+    tracking.set_verbosity(verbose)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
     uri = config.tracking.uri
     run_id, resumed = tracking.open_run(
         uri, config.tracking.experiment, config.run.name, config.flat(), config.to_yaml(),
@@ -114,12 +117,16 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         with ProgressPrinter(board, config.train.steps, stream):
             result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        tracking.finish_run(uri, run_id, succeeded=False)
+        tracking.finish_run(uri, run_id, "FAILED")
         raise failure(exc) from None
+    except (KeyboardInterrupt, SystemExit):
+        # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
+        tracking.finish_run(uri, run_id, "KILLED")
+        raise KeyboardInterrupt from None
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
         tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
-    tracking.finish_run(uri, run_id, succeeded=True)
+    tracking.finish_run(uri, run_id, "FINISHED")
     return Outcome(
         run_name=config.run.name, run_id=run_id,
         experiment_id=tracking.experiment_id_of(uri, run_id), resumed=resumed,
@@ -137,7 +144,6 @@ def start_ray(verbose: bool) -> None:
     if ray.is_initialized():
         return
     ray.init(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
-    ray.data.DataContext.get_current().enable_progress_bars = verbose
 
 
 def scaling_config(config: Config) -> ray.train.ScalingConfig:

@@ -9,18 +9,25 @@ store costs milliseconds per call.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_NAME_TAG = "rnn_orch.run_name"
 _BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def set_verbosity(verbose: bool) -> None:
+    """Without --verbose, MLflow's own info lines (database migrations, the pickle notice
+    for the model we log on purpose) stay out of the user's progress output."""
+    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def resolve_uri(configured: str, environ: dict[str, str]) -> str:
@@ -65,7 +72,7 @@ def open_run(uri: str, experiment: str, run_name: str, params: dict, config_yaml
     )
     run_id = run.info.run_id
     client.log_batch(run_id, params=[
-        mlflow.entities.Param(key, str(value)) for key, value in params.items()
+        Param(key, str(value)) for key, value in params.items()
     ])
     client.log_text(run_id, config_yaml, "config.yaml")
     return run_id, False
@@ -75,9 +82,9 @@ def experiment_id_of(uri: str, run_id: str) -> str:
     return MlflowClient(uri).get_run(run_id).info.experiment_id
 
 
-def finish_run(uri: str, run_id: str, succeeded: bool) -> None:
-    status = RunStatus.FINISHED if succeeded else RunStatus.FAILED
-    MlflowClient(uri).set_terminated(run_id, status=RunStatus.to_string(status))
+def finish_run(uri: str, run_id: str, status: str) -> None:
+    """Mark the run FINISHED, FAILED or KILLED."""
+    MlflowClient(uri).set_terminated(run_id, status=status)
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:

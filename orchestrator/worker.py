@@ -63,6 +63,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
 
     step = state["step"] if state else 0
+    if recorder and state:
+        recorder.resumed(step)
     while step < config.train.steps:
         step += 1
         figures = train_step(model, optimizer, batches.train_batch(step), config, info.kind,
@@ -224,6 +226,10 @@ class Recorder:
         self._logger.log(step, metrics)
         if self._progress:
             self._progress.post({"step": step, **metrics})
+
+    def resumed(self, step: int) -> None:
+        """A resume or a restart after a failure shows in MLflow as the step it restarted at."""
+        self._logger.log(step, {"resumed_from_step": step})
 
     def validation(self, step: int, figures: dict[str, float]) -> None:
         self._logger.log(step, figures)

@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from pipelines.collate import IGNORE_INDEX
@@ -19,11 +18,9 @@ from pipelines.synthetic import CopyMemory, rng_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def shared_ray(ray_address):
+    """The session's Ray cluster (tests/conftest.py)."""
 
 
 def _collect(split_dir: Path, kind: str) -> list[dict[str, torch.Tensor]]:

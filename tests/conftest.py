@@ -1,0 +1,60 @@
+"""Shared fixtures. Integration tests share one real Ray cluster for the whole session,
+started with `ray start --head` on 127.0.0.1 so that CLI subprocesses join it through
+RAY_ADDRESS exactly as they do under `ray job submit`. Token auth is on, stated on both
+sides (RAY_AUTH_MODE=token): the head writes ~/.ray/auth_token if there is none and every
+client on this machine reads it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+# Set before anything imports ray (Ray reads it once, at import); inherited by the head
+# and by CLI subprocesses.
+os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A 2-CPU Ray head on 127.0.0.1 with this process connected, stopped at the end."""
+    import ray
+
+    port = _free_port()
+    subprocess.run(
+        [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, capture_output=True,
+    )
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False)
+    yield address
+    ray.shutdown()
+    subprocess.run([BIN / "ray", "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory: MLflow's default store and artifacts land in it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def cli_env(ray_address, workdir):
+    """Environment for `rnn-orch` subprocesses: join the test cluster, default MLflow store."""
+    env = dict(os.environ, RAY_ADDRESS=ray_address)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env

@@ -1,0 +1,84 @@
+"""The CLI in a subprocess, joined to the test cluster: a run stopped after a checkpoint
+and started again, or whose worker dies, continues from that checkpoint in the same
+MLflow run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+RNN_ORCH = str(Path(sys.executable).parent / "rnn-orch")
+CONFIG = str(Path(__file__).parents[2] / "configs" / "adding.yaml")
+ARGS = [
+    "run.name=resume-me", "task.seq_len=20", "model.hidden_size=16", "train.steps=3000",
+    "train.eval_every=20", "train.checkpoint_every=20", "tracking.experiment=tests",
+]
+
+
+def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout_s: float) -> None:
+    """Until Ray has registered a checkpoint (its snapshot file lists the run's checkpoints)."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "checkpoint_manager_snapshot.json").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.5)
+
+
+def only_run(workdir: Path):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0].info.run_id
+
+
+def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env, workdir):
+    first = subprocess.Popen([RNN_ORCH, "train", CONFIG, *ARGS], env=cli_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(workdir / "runs" / "resume-me", first, timeout_s=180)
+    first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 130 and "interrupted" in output, output
+    last_checkpoint = max(int(p.name.split("_")[1]) for p in (workdir / "runs" / "resume-me")
+                          .glob("checkpoint_0*"))
+    assert 0 < last_checkpoint < 3000
+
+    end = last_checkpoint + 40
+    second = subprocess.run([RNN_ORCH, "train", CONFIG, *ARGS, f"train.steps={end}"],
+                            env=cli_env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "(resumed)" in second.stdout
+
+    client, run_id = only_run(workdir)
+    resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
+    assert len(resumed) == 1 and 0 < resumed[0] <= last_checkpoint and resumed[0] % 20 == 0
+    val_steps = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+    assert end in val_steps
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_env, workdir):
+    args = [*ARGS, "run.name=restart-me", "train.steps=400", "run.max_failures=1"]
+    run = subprocess.Popen([RNN_ORCH, "train", CONFIG, *args], env=cli_env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(workdir / "runs" / "restart-me", run, timeout_s=180)
+    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output
+
+    client, run_id = only_run(workdir)
+    resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
+    assert len(resumed) == 1 and resumed[0] > 0
+    assert 400 in {m.step for m in client.get_metric_history(run_id, "val_loss")}
+    assert client.get_run(run_id).info.status == "FINISHED"
