@@ -83,7 +83,10 @@ class ProgressPrinter:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every_s):
-            self._show(ray.get(self._board.latest.remote()))
+            try:
+                self._show(ray.get(self._board.latest.remote()))
+            except ray.exceptions.RayError:
+                return  # the cluster is going away; the driver reports why
 
     def _show(self, figures: dict[str, float]) -> None:
         if not figures:
