@@ -1,7 +1,8 @@
 """What a checkpoint holds, and how it is written and read back.
 
 One directory, two files: `state.pt` (weights, optimizer, step, the RNG state of every
-rank, the model spec) and `config.yaml` (the resolved config, readable without torch).
+rank, the curriculum's state, the model spec) and `config.yaml` (the resolved config,
+readable without torch).
 Carrying the spec and the config with the weights means a checkpoint alone rebuilds the
 model. Ray moves the directory to storage; this module only knows directories.
 """
@@ -21,7 +22,8 @@ CONFIG_FILE = "config.yaml"
 
 
 def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         step: int, spec: ModelSpec, rng_states: list[Any], config_yaml: str) -> None:
+         step: int, spec: ModelSpec, rng_states: list[Any], curriculum: dict[str, Any],
+         config_yaml: str) -> None:
     directory = Path(directory)
     torch.save(
         {
@@ -30,6 +32,7 @@ def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.opti
             "optimizer": optimizer.state_dict(),
             "spec": dataclasses.asdict(spec),
             "rng_states": rng_states,
+            "curriculum": curriculum,
         },
         directory / STATE_FILE,
     )

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from models import CELL_NAMES
+from orchestrator.curriculum import PROGRESS_DRIVEN, SCHEDULES
 from pipelines.synthetic import TASK_NAMES
 
 
@@ -122,6 +123,41 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    schedule: str = _key("none", "how difficulty (sequence length) grows", SCHEDULES)
+    start: int = _key(10, "difficulty (length) the curriculum starts at")
+    warmup_steps: int = _key(1000, "linear, root, competence: steps until the target")
+    round_to: int = _key(10, "levels are multiples of this (fewer distinct shapes)")
+    every: int = _key(500, "step: steps between two raises")
+    increment: int = _key(10, "step, naive, combined: how much one raise adds")
+    competence_start: float = _key(0.1, "competence: initial competence c0 in (0, 1]")
+    power: int = _key(2, "competence: 1 = linear, 2 = square-root growth")
+    threshold: float = _key(
+        0.0, "naive, combined: raise when val_loss_level <= this (0 = patience only)")
+    patience: int = _key(
+        3, "naive, combined: raise after this many validations without improvement (0 = off)")
+    mix_fraction: float = _key(0.25, "combined: share of every batch drawn from mixed")
+
+    def __post_init__(self) -> None:
+        _positive(self, "start", "warmup_steps", "round_to", "every", "increment")
+        if not 0.0 < self.competence_start <= 1.0:
+            raise ConfigError("curriculum.competence_start must be in (0, 1], "
+                              f"got {self.competence_start}.")
+        if self.power not in (1, 2):
+            raise ConfigError(f"curriculum.power must be 1 or 2, got {self.power}.")
+        if not 0.0 <= self.mix_fraction <= 1.0:
+            raise ConfigError(f"curriculum.mix_fraction must be in [0, 1], "
+                              f"got {self.mix_fraction}.")
+        if self.threshold < 0 or self.patience < 0:
+            raise ConfigError("curriculum.threshold and curriculum.patience must be >= 0.")
+        if self.schedule in PROGRESS_DRIVEN and not (self.threshold or self.patience):
+            raise ConfigError(
+                f"curriculum.schedule={self.schedule} raises the level on progress, but "
+                "curriculum.threshold and curriculum.patience are both 0: set one of them."
+            )
+
+
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = _key(2, "Ray Train workers (0 runs the loop in the driver, no Ray workers)")
     use_gpu: bool = _key(False, "one GPU per worker")
@@ -159,9 +195,28 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        curriculum = self.curriculum
+        if curriculum.schedule == "none":
+            return
+        if self.task.name == "parquet":
+            raise ConfigError(
+                "curriculum.schedule must be 'none' for task.name=parquet: curricula draw "
+                "examples of a chosen length, which only the synthetic tasks can make."
+            )
+        if self.task.name == "adding" and curriculum.start < 2:
+            raise ConfigError(f"curriculum.start must be >= 2 for the adding task (one "
+                              f"marker in each half), got {curriculum.start}.")
+        if not curriculum.start <= self.task.seq_len:
+            raise ConfigError(
+                f"curriculum.start ({curriculum.start}) must be <= task.seq_len "
+                f"({self.task.seq_len}), the target difficulty."
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:

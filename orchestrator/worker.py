@@ -11,10 +11,11 @@ Everything here is plain PyTorch except the lines marked `# [ray]`. The driver
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import ray.train  # [ray]
@@ -26,6 +27,7 @@ from models import ModelSpec, build_model
 from orchestrator import checkpoints, objectives
 from orchestrator.clipping import clip_gradients
 from orchestrator.config import Config
+from orchestrator.curriculum import Curriculum, Plan
 from orchestrator.optimizers import build_optimizer
 from orchestrator.progress import ProgressPoster
 from orchestrator.tracking import MetricLogger
@@ -37,7 +39,7 @@ from pipelines.synthetic import make_task, rng_for
 CLIP_RATE_WINDOW = 100  # clip_rate = fraction of the last 100 steps that were clipped
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Place:
     """Where this copy of the loop runs."""
 
@@ -59,6 +61,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = restored_state()
     model, optimizer = build_model_and_optimizer(config, spec, state, place)
     restore_rng(config.seed, state, place)
+    curriculum = make_curriculum(config, state)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
 
@@ -67,17 +70,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         recorder.resumed(step)
     while step < config.train.steps:
         step += 1
-        figures = train_step(model, optimizer, batches.train_batch(step), config, info.kind,
-                             place)
+        level = curriculum.at_step(step)
+        batch = batches.train_batch(step, curriculum.difficulties)
+        figures = train_step(model, optimizer, batch, config, info.kind, place)
+        figures["curriculum_level"] = float(level)
         if recorder:
             recorder.step(step, figures)
         if step % config.train.eval_every == 0 or step == config.train.steps:
-            validation = validate(model, batches, info.kind, place)
+            validation = validate(model, batches.validation_batches(), info.kind, place)
+            validation |= advance_curriculum(curriculum, model, batches, info.kind, place)
             if recorder:
                 recorder.validation(step, validation)
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
                 save_and_report(step, {**figures, **validation}, model, optimizer, spec,
-                                config, place)
+                                curriculum, config, place)
     if recorder:
         recorder.close()
 
@@ -128,6 +134,15 @@ def restore_rng(seed: int, state: dict | None, place: Place) -> None:
     torch.manual_seed(int(rng_for(seed, place.rank, step).integers(2**62)))
 
 
+def make_curriculum(config: Config, state: dict | None) -> Curriculum:
+    """The run's curriculum, at the level its checkpoint left it at."""
+    keys = dataclasses.asdict(config.curriculum)
+    curriculum = Curriculum(Plan(target=config.task.seq_len, **keys))
+    if state:
+        curriculum.load_state_dict(state["curriculum"])
+    return curriculum
+
+
 def make_batches(config: Config, info: TaskInfo, place: Place):
     if config.task.name == "parquet":
         return ShardBatches(
@@ -162,9 +177,26 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     }
 
 
+def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, kind: str,
+                       place: Place) -> dict[str, float]:
+    """At a validation: feed a progress-driven schedule the loss at its current level
+    (`val_loss_level`), and measure `curriculum_level_spread`, the largest difference
+    between the levels of the ranks (0 unless they disagree)."""
+    figures = {}
+    if curriculum.uses_level_validation:
+        level_figures = validate(model, batches.validation_batches(curriculum.level), kind,
+                                 place)
+        figures["val_loss_level"] = level_figures["val_loss"]
+        curriculum.after_validation(figures["val_loss_level"])
+    level = torch.tensor(float(curriculum.level), device=place.device)
+    figures["curriculum_level_spread"] = spread_over_ranks(level)
+    return figures
+
+
 @torch.no_grad()
-def validate(model: torch.nn.Module, batches, kind: str, place: Place) -> dict[str, float]:
-    """Validation over the whole set: each rank sums over its slice, then one all-reduce.
+def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], kind: str,
+             place: Place) -> dict[str, float]:
+    """Validation over a whole set: each rank sums over its slice, then one all-reduce.
 
     The unwrapped module is used: ranks may hold slices of different sizes, and a DDP
     forward could wait for collectives the other ranks never start.
@@ -172,7 +204,7 @@ def validate(model: torch.nn.Module, batches, kind: str, place: Place) -> dict[s
     module = unwrap(model)
     module.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=place.device)
-    for batch in batches.validation_batches():
+    for batch in batches:
         batch = to_device(batch, place.device)
         sums += objectives.validation_sums(kind, module(batch["inputs"], batch["lengths"]),
                                            batch)
@@ -182,8 +214,8 @@ def validate(model: torch.nn.Module, batches, kind: str, place: Place) -> dict[s
 
 
 def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, spec: ModelSpec, config: Config,
-                    place: Place) -> None:
+                    optimizer: torch.optim.Optimizer, spec: ModelSpec, curriculum: Curriculum,
+                    config: Config, place: Place) -> None:
     """Every rank reports (it is a barrier); rank 0 alone writes the checkpoint."""
     rng_states = gather_rng_states(place)
     metrics = {key: figures[key] for key in figures if key not in ("clipped", "tokens")}
@@ -191,7 +223,8 @@ def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module
         checkpoint = None
         if place.rank == 0:
             checkpoints.save(directory, model=unwrap(model), optimizer=optimizer, step=step,
-                             spec=spec, rng_states=rng_states, config_yaml=config.to_yaml())
+                             spec=spec, rng_states=rng_states,
+                             curriculum=curriculum.state_dict(), config_yaml=config.to_yaml())
             checkpoint = ray.train.Checkpoint.from_directory(directory)  # [ray]
         ray.train.report(  # [ray]
             {**metrics, "step": step}, checkpoint=checkpoint,
@@ -221,6 +254,7 @@ class Recorder:
             "clip_rate": sum(self._clipped) / len(self._clipped),
             "lr": self._optimizer.param_groups[0]["lr"],
             "tokens_per_s": figures["tokens"] / max(now - self._last_time, 1e-9),
+            "curriculum_level": figures["curriculum_level"],
         }
         self._last_time = now
         self._logger.log(step, metrics)
@@ -250,6 +284,16 @@ def gather_rng_states(place: Place) -> list[dict[str, torch.Tensor]]:
     states: list[Any] = [None] * place.world
     dist.all_gather_object(states, state)
     return states
+
+
+def spread_over_ranks(value: torch.Tensor) -> float:
+    """max - min of a scalar over the ranks."""
+    if not distributed():
+        return 0.0
+    high, low = value.clone(), -value.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return (high + low).item()
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:

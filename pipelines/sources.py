@@ -1,20 +1,30 @@
 """Where a worker's batches come from: generated on the fly, or its shard of a Dataset.
 
-Both sources give the training loop the same two calls, `train_batch(step)` and
-`validation_batches()`, so the loop does not care which one it has.
+Both sources give the training loop the same two calls, `train_batch(step, difficulties)`
+and `validation_batches(level)`, so the loop does not care which one it has. A curriculum
+speaks through `difficulties(rng, n)` (the length of each example of the batch) and
+`level` (the length to validate at; None = the task's own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from pipelines.collate import to_torch
 from pipelines.errors import DataError
-from pipelines.synthetic import SyntheticTask, rng_for, validation_set
+from pipelines.synthetic import (
+    VALIDATION_STREAM,
+    SyntheticTask,
+    generate_at,
+    rng_for,
+    validation_set,
+)
 
 VALIDATION_BATCH = 256
+Difficulties = Callable[[np.random.Generator, int], np.ndarray]
 
 
 class SyntheticBatches:
@@ -25,20 +35,27 @@ class SyntheticBatches:
 
     def __init__(self, task: SyntheticTask, seed: int, rank: int, world: int,
                  batch_size: int, val_size: int):
-        self._task, self._seed, self._rank, self._batch_size = task, seed, rank, batch_size
-        full = validation_set(task, seed, val_size)
-        self._validation = {name: array[rank::world] for name, array in full.items()}
+        self._task, self._seed, self._batch_size = task, seed, batch_size
+        self._rank, self._world, self._val_size = rank, world, val_size
+        self._validation = {None: self._slice(validation_set(task, seed, val_size))}
 
-    def train_batch(self, step: int) -> dict[str, torch.Tensor]:
+    def train_batch(self, step: int, difficulties: Difficulties) -> dict[str, torch.Tensor]:
         rng = rng_for(self._seed, self._rank, step)
-        return to_torch(self._task.generate(rng, self._batch_size))
+        return to_torch(generate_at(self._task, rng, difficulties(rng, self._batch_size)))
 
-    def validation_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        rows = len(self._validation["lengths"])
-        for start in range(0, rows, VALIDATION_BATCH):
-            chunk = {name: array[start:start + VALIDATION_BATCH]
-                     for name, array in self._validation.items()}
-            yield to_torch(chunk)
+    def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's slice of the fixed validation set at `level` (made once, then kept)."""
+        if level not in self._validation:
+            rng = rng_for(self._seed, VALIDATION_STREAM, level)
+            rows = self._task.generate(rng, self._val_size, seq_len=level)
+            self._validation[level] = self._slice(rows)
+        validation = self._validation[level]
+        for start in range(0, len(validation["lengths"]), VALIDATION_BATCH):
+            yield to_torch({name: array[start:start + VALIDATION_BATCH]
+                            for name, array in validation.items()})
+
+    def _slice(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: array[self._rank::self._world] for name, array in rows.items()}
 
 
 class ShardBatches:
@@ -54,10 +71,12 @@ class ShardBatches:
         self._batch_size, self._collate = batch_size, collate
         self._batches = self._epochs()
 
-    def train_batch(self, step: int) -> dict[str, torch.Tensor]:
+    def train_batch(self, step: int, difficulties: Difficulties) -> dict[str, torch.Tensor]:
+        """The next batch of the shard (its rows have the difficulty they were written with;
+        the config refuses a curriculum on Parquet data)."""
         return next(self._batches)
 
-    def validation_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+    def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         return self._val_shard.iter_torch_batches(
             batch_size=VALIDATION_BATCH, collate_fn=self._collate
         )

@@ -18,10 +18,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipelines.collate import IGNORE_INDEX
+from pipelines.collate import IGNORE_INDEX, pad_batch
 
 __all__ = ["IGNORE_INDEX", "TASK_NAMES", "VALIDATION_STREAM", "AddingProblem", "CopyMemory",
-           "SyntheticTask", "make_task", "rng_for", "validation_set"]
+           "SyntheticTask", "generate_at", "make_task", "rng_for", "validation_set"]
 
 VALIDATION_STREAM = 2**31 - 1
 """Stream id of the fixed validation set; far above any rank, so never a training stream."""
@@ -34,7 +34,7 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
     pool pads short entropy with zeros, so trailing zero ids do not make a new stream
     (`rng_for(s, 3) == rng_for(s, 3, 0)`): give every family of streams a fixed length.
     """
-    if min(seed, *stream) < 0:
+    if min((seed, *stream)) < 0:
         raise ValueError(f"rng_for(seed={seed}, stream={stream}): the seed and the stream ids "
                          f"must be non-negative integers.")
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
@@ -178,3 +178,27 @@ def validation_set(task: SyntheticTask, seed: int, n: int) -> dict[str, np.ndarr
     """The fixed validation batch: the same rows on every call and every rank, always at
     the task's own seq_len, so val_loss compares across runs and curriculum levels."""
     return task.generate(rng_for(seed, VALIDATION_STREAM), n)
+
+
+def generate_at(task: SyntheticTask, rng: np.random.Generator,
+                difficulties: np.ndarray) -> dict[str, np.ndarray]:
+    """One batch whose row i has length (difficulty) `difficulties[i]`, padded to the
+    longest: what a curriculum that mixes levels in a batch asks for. Rows come grouped
+    by length, one vectorised `generate` call per distinct length."""
+    levels = np.unique(difficulties)
+    if len(levels) == 1:
+        return task.generate(rng, len(difficulties), seq_len=int(levels[0]))
+    parts = [task.generate(rng, int(np.sum(difficulties == level)), seq_len=int(level))
+             for level in levels]
+    columns = {name: _rows_of([part[name] for part in parts])
+               for name in parts[0] if name != "lengths"}
+    return pad_batch(columns, task.kind)
+
+
+def _rows_of(arrays: list[np.ndarray]) -> np.ndarray:
+    """Stack parts that share a shape; otherwise one object array of rows (ragged)."""
+    if all(array.shape[1:] == arrays[0].shape[1:] for array in arrays):
+        return np.concatenate(arrays)
+    rows = np.empty(sum(len(array) for array in arrays), dtype=object)
+    rows[:] = [row for array in arrays for row in array]
+    return rows

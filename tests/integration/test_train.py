@@ -62,3 +62,20 @@ def test_parquet_copy_task_trains_through_ray_data(ray_address, workdir):
     assert 0.0 <= outcome.final["val_accuracy"] <= 1.0
     history = MlflowClient(config.tracking.uri).get_metric_history(outcome.run_id, "val_loss")
     assert [m.step for m in history] == [30, 60]
+
+
+def test_progress_driven_curriculum_rises_and_ranks_agree(ray_address, workdir):
+    # threshold 1.0 is above the adding problem's baseline: every validation passes it.
+    config = tiny_config("task.seq_len=40", "curriculum.schedule=naive", "curriculum.start=10",
+                         "curriculum.increment=10", "curriculum.threshold=1.0",
+                         "train.steps=100", "train.eval_every=20", "train.checkpoint_every=100")
+    outcome = driver.train(config)
+
+    client = MlflowClient(config.tracking.uri)
+    levels = {m.step: m.value for m in client.get_metric_history(outcome.run_id,
+                                                                   "curriculum_level")}
+    assert [levels[step] for step in (1, 21, 41, 61, 81)] == [10, 20, 30, 40, 40]
+    spreads = client.get_metric_history(outcome.run_id, "curriculum_level_spread")
+    assert len(spreads) == 5 and all(m.value == 0 for m in spreads)
+    assert len(client.get_metric_history(outcome.run_id, "val_loss_level")) == 5
+    assert outcome.final["curriculum_level"] == 40

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from pipelines.synthetic import (
+    IGNORE_INDEX,
     AddingProblem,
     CopyMemory,
+    generate_at,
     make_task,
     rng_for,
     validation_set,
@@ -139,3 +141,71 @@ def test_generation_is_fast(task) -> None:
         task.generate(rng, 64)
         best = min(best, time.perf_counter() - start)
     assert best < 0.010
+
+
+# --- generate_at (rows of mixed difficulty) ------------------------------------------------
+
+MIXED_DIFFICULTIES = np.array([7, 3, 12, 3, 7, 5, 12, 2])
+
+
+@pytest.mark.parametrize("task", [AddingProblem(20), CopyMemory(20, copy_len=3)],
+                         ids=["adding", "copy"])
+def test_generate_at_rows_have_the_requested_lengths(task) -> None:
+    batch = generate_at(task, rng_for(0, 0, 0), MIXED_DIFFICULTIES)
+    extra = 0 if task.name == "adding" else 2 * task.copy_len  # copy: difficulty = delay
+    expected = np.sort(MIXED_DIFFICULTIES) + extra
+    assert batch["lengths"].dtype == np.int64
+    np.testing.assert_array_equal(batch["lengths"], expected)
+    assert batch["inputs"].shape == (len(expected), expected.max(), task.input_size)
+    assert batch["inputs"].dtype == np.float32
+
+
+def test_generate_at_pads_copy_rows_with_zeros_and_ignore_index() -> None:
+    task = CopyMemory(20, n_symbols=5, copy_len=3)
+    batch = generate_at(task, rng_for(1, 0, 0), MIXED_DIFFICULTIES)
+    lengths, width = batch["lengths"], batch["inputs"].shape[1]
+    inside = np.arange(width) < lengths[:, None]
+    np.testing.assert_array_equal(batch["inputs"][~inside], 0.0)
+    np.testing.assert_array_equal(batch["inputs"][inside].sum(axis=-1), 1.0)  # one-hot
+    assert batch["targets"].dtype == np.int64 and batch["targets"].shape == (8, width)
+    np.testing.assert_array_equal(batch["targets"][~inside], IGNORE_INDEX)
+    assert np.all(batch["targets"][inside] >= 0)
+    assert batch["scored"].dtype == np.bool_
+    assert not batch["scored"][~inside].any()
+    # each row keeps its own layout: delimiter at copy_len + delay - 1, symbols copied to
+    # the last copy_len steps of its own length, and only those scored
+    tokens = batch["inputs"].argmax(axis=-1)
+    for row, delay in enumerate(np.sort(MIXED_DIFFICULTIES)):
+        length = lengths[row]
+        assert tokens[row, task.copy_len + delay - 1] == task.n_symbols + 1
+        np.testing.assert_array_equal(batch["targets"][row, length - task.copy_len:length],
+                                      tokens[row, :task.copy_len])
+        np.testing.assert_array_equal(np.flatnonzero(batch["scored"][row]),
+                                      np.arange(length - task.copy_len, length))
+
+
+def test_generate_at_adding_target_is_the_sum_within_each_row() -> None:
+    batch = generate_at(AddingProblem(20), rng_for(2, 0, 0), np.repeat(MIXED_DIFFICULTIES, 8))
+    values, markers = batch["inputs"][..., 0], batch["inputs"][..., 1]
+    lengths, width = batch["lengths"], values.shape[1]
+    inside = np.arange(width) < lengths[:, None]
+    np.testing.assert_array_equal(batch["inputs"][~inside], 0.0)
+    half = np.arange(width) < (lengths // 2)[:, None]
+    np.testing.assert_array_equal((markers * half).sum(axis=1), 1)  # one in the first half
+    np.testing.assert_array_equal((markers * (inside & ~half)).sum(axis=1), 1)  # and second
+    assert batch["targets"].shape == (len(lengths), 1)
+    np.testing.assert_allclose(batch["targets"][:, 0], (values * markers).sum(axis=1),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("task", [AddingProblem(20), CopyMemory(20)], ids=["adding", "copy"])
+def test_generate_at_one_difficulty_is_plain_generate(task) -> None:
+    batch = generate_at(task, rng_for(3, 0, 0), np.full(16, 9))
+    _assert_batches_equal(batch, task.generate(rng_for(3, 0, 0), 16, seq_len=9))
+
+
+@pytest.mark.parametrize("task", [AddingProblem(20), CopyMemory(20)], ids=["adding", "copy"])
+def test_generate_at_is_deterministic_given_the_rng(task) -> None:
+    first = generate_at(task, rng_for(4, 1, 2), MIXED_DIFFICULTIES)
+    _assert_batches_equal(first, generate_at(task, rng_for(4, 1, 2), MIXED_DIFFICULTIES))
+    assert _batches_differ(first, generate_at(task, rng_for(4, 1, 3), MIXED_DIFFICULTIES))
