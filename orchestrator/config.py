@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from models import CELL_NAMES
+from orchestrator.clipping import POLICIES as CLIP_POLICIES
 from orchestrator.curriculum import PROGRESS_DRIVEN, SCHEDULES
 from pipelines.synthetic import TASK_NAMES
 
@@ -43,7 +44,6 @@ def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-CLIP_POLICIES = ("none", "norm", "value")
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,16 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ClipConfig:
     policy: str = _key("norm", "gradient clipping policy", CLIP_POLICIES)
-    threshold: float = _key(1.0, "norm policy: max global norm; value policy: max |gradient|")
+    threshold: float = _key(
+        1.0, "norm: max global norm; value: max |gradient|; autoclip: percentile of the "
+        "norms seen so far (10 recommended); agc: lambda, max ||G_i|| / ||W_i|| per unit")
 
     def __post_init__(self) -> None:
         if self.policy != "none":
             _positive(self, "threshold")
+        if self.policy == "autoclip" and self.threshold > 100:
+            raise ConfigError(f"clip.threshold is a percentile for clip.policy=autoclip: "
+                              f"it must be in (0, 100], got {self.threshold}.")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from models import ModelSpec, build_model
 from orchestrator import checkpoints, objectives
-from orchestrator.clipping import clip_gradients
+from orchestrator.clipping import Clipper
 from orchestrator.config import Config
 from orchestrator.curriculum import Curriculum, Plan
 from orchestrator.optimizers import build_optimizer
@@ -62,6 +62,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, optimizer = build_model_and_optimizer(config, spec, state, place)
     restore_rng(config.seed, state, place)
     curriculum = make_curriculum(config, state)
+    clipper = make_clipper(config, state)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
 
@@ -72,7 +73,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step += 1
         level = curriculum.at_step(step)
         batch = batches.train_batch(step, curriculum.difficulties)
-        figures = train_step(model, optimizer, batch, config, info.kind, place)
+        figures = train_step(model, optimizer, batch, clipper, info.kind, place)
         figures["curriculum_level"] = float(level)
         if recorder:
             recorder.step(step, figures)
@@ -83,7 +84,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 recorder.validation(step, validation)
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
                 save_and_report(step, {**figures, **validation}, model, optimizer, spec,
-                                curriculum, config, place)
+                                curriculum, clipper, config, place)
     if recorder:
         recorder.close()
 
@@ -143,6 +144,14 @@ def make_curriculum(config: Config, state: dict | None) -> Curriculum:
     return curriculum
 
 
+def make_clipper(config: Config, state: dict | None) -> Clipper:
+    """The clipping policy, with the gradient-norm history its checkpoint kept."""
+    clipper = Clipper(config.clip.policy, config.clip.threshold)
+    if state:
+        clipper.load_state_dict(state["clip"])
+    return clipper
+
+
 def make_batches(config: Config, info: TaskInfo, place: Place):
     if config.task.name == "parquet":
         return ShardBatches(
@@ -157,7 +166,7 @@ def make_batches(config: Config, info: TaskInfo, place: Place):
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               batch: dict[str, torch.Tensor], config: Config, kind: str,
+               batch: dict[str, torch.Tensor], clipper: Clipper, kind: str,
                place: Place) -> dict[str, float]:
     tokens = int(batch["lengths"].sum()) * place.world
     batch = to_device(batch, place.device)
@@ -166,22 +175,29 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     loss = objectives.loss(kind, outputs, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP all-reduces the gradients here
-    clip = clip_gradients(model.parameters(), config.clip.policy, config.clip.threshold)
+    clip = clipper(model.parameters(), head=unwrap(model).head.parameters())
     optimizer.step()
-    return {
+    figures = {
         "train_loss": mean_over_ranks(loss.detach()),
         "grad_norm": clip.grad_norm,
         "grad_norm_clipped": clip.grad_norm_clipped,
         "clipped": float(clip.clipped),
         "tokens": float(tokens),
     }
+    if clipper.adaptive:
+        figures["clip_threshold"] = clip.threshold
+    return figures
 
 
 def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, kind: str,
                        place: Place) -> dict[str, float]:
     """At a validation: feed a progress-driven schedule the loss at its current level
-    (`val_loss_level`), and measure `curriculum_level_spread`, the largest difference
-    between the levels of the ranks (0 unless they disagree)."""
+    (`val_loss_level`), then share rank 0's level with every rank.
+
+    Every rank decides from the same inputs (the step, all-reduced losses), so the levels
+    should already agree: `curriculum_level_spread`, the largest difference between the
+    ranks' own decisions, is logged as the check; the broadcast makes sure they train on.
+    """
     figures = {}
     if curriculum.uses_level_validation:
         level_figures = validate(model, batches.validation_batches(curriculum.level), kind,
@@ -190,6 +206,7 @@ def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, 
         curriculum.after_validation(figures["val_loss_level"])
     level = torch.tensor(float(curriculum.level), device=place.device)
     figures["curriculum_level_spread"] = spread_over_ranks(level)
+    curriculum.level = int(from_rank0(level))
     return figures
 
 
@@ -215,7 +232,7 @@ def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
 def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, spec: ModelSpec, curriculum: Curriculum,
-                    config: Config, place: Place) -> None:
+                    clipper: Clipper, config: Config, place: Place) -> None:
     """Every rank reports (it is a barrier); rank 0 alone writes the checkpoint."""
     rng_states = gather_rng_states(place)
     metrics = {key: figures[key] for key in figures if key not in ("clipped", "tokens")}
@@ -224,7 +241,8 @@ def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module
         if place.rank == 0:
             checkpoints.save(directory, model=unwrap(model), optimizer=optimizer, step=step,
                              spec=spec, rng_states=rng_states,
-                             curriculum=curriculum.state_dict(), config_yaml=config.to_yaml())
+                             curriculum=curriculum.state_dict(), clip=clipper.state_dict(),
+                             config_yaml=config.to_yaml())
             checkpoint = ray.train.Checkpoint.from_directory(directory)  # [ray]
         ray.train.report(  # [ray]
             {**metrics, "step": step}, checkpoint=checkpoint,
@@ -256,6 +274,8 @@ class Recorder:
             "tokens_per_s": figures["tokens"] / max(now - self._last_time, 1e-9),
             "curriculum_level": figures["curriculum_level"],
         }
+        if "clip_threshold" in figures:
+            metrics["clip_threshold"] = figures["clip_threshold"]
         self._last_time = now
         self._logger.log(step, metrics)
         if self._progress:
@@ -294,6 +314,13 @@ def spread_over_ranks(value: torch.Tensor) -> float:
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MAX)
     return (high + low).item()
+
+
+def from_rank0(value: torch.Tensor) -> float:
+    if distributed():
+        value = value.clone()
+        dist.broadcast(value, src=0)
+    return value.item()
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:

@@ -82,3 +82,17 @@ def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_e
     assert len(resumed) == 1 and resumed[0] > 0
     assert 400 in {m.step for m in client.get_metric_history(run_id, "val_loss")}
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_bad_data_found_by_a_worker_exits_2_naming_the_key(cli_env, workdir):
+    subprocess.run([RNN_ORCH, "data", "make", "adding", "--rows", "8", "--val-rows", "8",
+                    "--seq-len", "10", "--out", "tiny"], env=cli_env, check=True)
+    result = subprocess.run(
+        [RNN_ORCH, "train", CONFIG, "task.name=parquet", "task.path=tiny", "train.steps=20",
+         "train.eval_every=10", "train.checkpoint_every=10", "tracking.experiment=tests"],
+        env=cli_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "train.batch_size" in result.stderr and "Traceback" not in result.stderr
+    client, run_id = only_run(workdir)
+    assert client.get_run(run_id).info.status == "FAILED"

@@ -230,3 +230,9 @@ def test_describe_keys_covers_every_leaf_key():
     meaning = dict((key, meaning) for key, _, meaning in rows)
     for cell in CELL_NAMES:
         assert cell in meaning["model.cell"]
+
+
+def test_autoclip_threshold_is_a_percentile(tmp_path):
+    message = error_of(tmp_path, overrides=["clip.policy=autoclip", "clip.threshold=150"])
+    assert message.startswith("clip.threshold is a percentile")
+    assert load_config(write(tmp_path, ""), ["clip.policy=agc", "clip.threshold=0.01"])

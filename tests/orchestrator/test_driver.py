@@ -1,0 +1,38 @@
+"""The driver's pure parts: resolving a config, turning worker failures into one paragraph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.train import WorkerGroupError
+
+from orchestrator import driver
+from orchestrator.config import Config, apply_overrides
+from pipelines.errors import DataError
+
+
+def test_resolve_fills_name_storage_and_tracking(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = driver.resolve(Config(), {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert config.run.name.startswith("adding-lstm-")
+    assert Path(config.run.storage_path) == tmp_path / "runs"
+    assert config.tracking.uri == "http://127.0.0.1:5000"
+
+
+def test_resolve_keeps_a_given_name_and_remote_storage():
+    config = apply_overrides(Config(), ["run.name=mine", "run.storage_path=s3://bucket/x"])
+    resolved = driver.resolve(config, {})
+    assert (resolved.run.name, resolved.run.storage_path) == ("mine", "s3://bucket/x")
+
+
+def test_a_data_error_in_a_worker_stays_a_data_error():
+    error = driver.failure(WorkerGroupError("worker 1 failed", {1: DataError("too few rows")}))
+    assert isinstance(error, DataError) and str(error) == "too few rows"
+
+
+def test_a_crash_in_a_worker_becomes_one_paragraph():
+    crash = RuntimeError("Traceback (most recent call last):\n  ...\nboom: out of memory")
+    error = driver.failure(WorkerGroupError("worker 0 failed", {0: crash}))
+    assert isinstance(error, driver.TrainingFailed)
+    assert str(error).startswith("training failed on a worker: RuntimeError: boom: out of")
+    assert "\n" not in str(error)
