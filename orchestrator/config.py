@@ -142,6 +142,8 @@ class CurriculumConfig:
     patience: int = _key(
         3, "naive, combined: raise after this many validations without improvement (0 = off)")
     mix_fraction: float = _key(0.25, "combined: share of every batch drawn from mixed")
+    difficulty: str = _key(
+        "length", "parquet task: integer column that orders rows by difficulty, or 'length'")
 
     def __post_init__(self) -> None:
         _positive(self, "start", "warmup_steps", "round_to", "every", "increment")
@@ -210,9 +212,12 @@ class Config:
         if curriculum.schedule == "none":
             return
         if self.task.name == "parquet":
+            return  # the data's difficulty range is checked against it when it is read
+        if curriculum.difficulty != "length":
             raise ConfigError(
-                "curriculum.schedule must be 'none' for task.name=parquet: curricula draw "
-                "examples of a chosen length, which only the synthetic tasks can make."
+                f"curriculum.difficulty is {curriculum.difficulty!r}, but synthetic tasks "
+                "(task.name={self.task.name}) only know 'length'; a difficulty column is for "
+                "task.name=parquet."
             )
         if self.task.name == "adding" and curriculum.start < 2:
             raise ConfigError(f"curriculum.start must be >= 2 for the adding task (one "

@@ -3,8 +3,9 @@
 For sequences, difficulty is first of all length: a long-dependency task that a cell
 cannot learn at full length from scratch often becomes learnable when the length grows
 during training. The curriculum decides, at every step, the difficulty of every example
-in the batch; the data source (a synthetic generator, or a Parquet difficulty column)
-makes examples of that difficulty.
+in the batch. A synthetic generator makes examples of that difficulty (`difficulties`);
+Parquet data, whose rows are what they are, is filtered to the rows the curriculum
+admits (`keep`), by their length or by a difficulty column.
 
 Schedules (`curriculum.schedule`):
 
@@ -54,6 +55,9 @@ class Plan:
     threshold: float = 0.0
     patience: int = 0
     mix_fraction: float = 0.25
+    # Data only: the 0th..100th percentiles of the rows' difficulty, so competence c
+    # admits exactly the easiest fraction c of the rows (Platanios et al.'s CDF).
+    quantiles: tuple[int, ...] = ()
 
 
 def linear_level(step: int, plan: Plan) -> int:
@@ -111,8 +115,11 @@ class Curriculum:
             self.level = step_level(step, self.plan)
         elif schedule == "competence":
             c = competence(step, self.plan)
-            self.level = _rounded(self.plan.start + c * (self.plan.target - self.plan.start),
-                                  self.plan)
+            if self.plan.quantiles:
+                self.level = max(self.plan.start, self.plan.quantiles[round(c * 100)])
+            else:
+                self.level = _rounded(
+                    self.plan.start + c * (self.plan.target - self.plan.start), self.plan)
         return self.level
 
     def after_validation(self, level_loss: float) -> bool:
@@ -145,6 +152,17 @@ class Curriculum:
             levels[mixed] = uniform_difficulties(rng, int(mixed.sum()), plan.start,
                                                  plan.target, plan)
         return levels
+
+    def keep(self, rng: np.random.Generator, difficulties: np.ndarray) -> np.ndarray:
+        """Which rows of a batch of data the curriculum admits (data cannot be made at a
+        length, only chosen): those at or below the level; `mixed` admits every row (the
+        data's own mix), `combined` also a `mix_fraction` of the others."""
+        if self.plan.schedule in ("none", "mixed"):
+            return np.ones(len(difficulties), dtype=bool)
+        admitted = difficulties <= self.level
+        if self.plan.schedule == "combined":
+            admitted |= rng.random(len(difficulties)) < self.plan.mix_fraction
+        return admitted
 
     def state_dict(self) -> dict:
         return {"level": self.level, "best": self._best, "stale": self._stale}

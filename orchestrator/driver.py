@@ -27,7 +27,7 @@ from orchestrator.config import Config
 from orchestrator.progress import ProgressBoard, ProgressPrinter
 from orchestrator.worker import train_loop_per_worker
 from pipelines.errors import DataError
-from pipelines.parquet import TaskInfo, read_task_info
+from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
 
@@ -50,23 +50,28 @@ class Outcome:
 
 
 def resolve(config: Config, environ: dict[str, str]) -> Config:
-    """Fill in what a config may leave open: the run name, absolute storage, the MLflow URI.
+    """Fill in what a config may leave open: the run name, absolute paths (Ray's workers
+    and read tasks do not run in the driver's working directory), the MLflow URI.
 
     The resolved config is what gets saved with the run, so a resume sees the same values.
     """
     run_name = config.run.name or time.strftime(
         f"{config.task.name}-{config.model.cell}-%Y%m%d-%H%M%S"
     )
-    storage = config.run.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
     return dataclasses.replace(
         config,
-        run=dataclasses.replace(config.run, name=run_name, storage_path=storage),
+        task=dataclasses.replace(config.task, path=_absolute(config.task.path)),
+        run=dataclasses.replace(config.run, name=run_name,
+                                storage_path=_absolute(config.run.storage_path)),
         tracking=dataclasses.replace(
             config.tracking, uri=tracking.resolve_uri(config.tracking.uri, environ)
         ),
     )
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; URIs (s3://, gs://) and "" stay as they are."""
+    return str(Path(path).resolve()) if path and "://" not in path else path
 
 
 def task_info(config: Config) -> TaskInfo:
@@ -80,12 +85,29 @@ def task_info(config: Config) -> TaskInfo:
     return TaskInfo(task.kind, task.input_size, task.output_size, task.baseline)
 
 
+def data_difficulty(config: Config) -> list[int]:
+    """For a curriculum on Parquet data: the percentiles of the rows' difficulty (empty
+    otherwise), checked against curriculum.start."""
+    if config.task.name != "parquet" or config.curriculum.schedule == "none":
+        return []
+    split = Path(config.task.path) / "train"
+    quantiles = difficulty_quantiles(split, config.curriculum.difficulty)
+    if config.curriculum.start > quantiles[-1]:
+        raise DataError(
+            f"curriculum.start ({config.curriculum.start}) is above the hardest row of "
+            f"{split} (difficulty {quantiles[-1]} by {config.curriculum.difficulty}); "
+            "expected a start at or below it."
+        )
+    return quantiles
+
+
 def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     """Train `config` (already `resolve`d). Raises DataError for bad data, TrainingFailed
     when the workers fail (the MLflow run is then marked FAILED, with everything it had),
     KeyboardInterrupt on Ctrl-C (the run is marked KILLED and can be resumed)."""
     started = time.monotonic()
     info = task_info(config)
+    quantiles = data_difficulty(config)
     start_ray(verbose)
     tracking.set_verbosity(verbose)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
@@ -98,7 +120,8 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "task": dataclasses.asdict(info),
-                           "run_id": run_id, "tracking_uri": uri, "board": board},
+                           "difficulty_quantiles": quantiles, "run_id": run_id,
+                           "tracking_uri": uri, "board": board},
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=config.run.name,
@@ -166,7 +189,9 @@ def scaling_config(config: Config) -> ray.train.ScalingConfig:
 
 def parquet_datasets(config: Config) -> dict[str, ray.data.Dataset]:
     root = Path(config.task.path)
-    return {"train": read_split(root / "train"), "val": read_split(root / "val")}
+    difficulty = config.curriculum.difficulty
+    return {"train": read_split(root / "train", difficulty),
+            "val": read_split(root / "val", difficulty)}
 
 
 def failure(exc: ray.train.TrainingFailedError) -> Exception:
@@ -179,7 +204,12 @@ def failure(exc: ray.train.TrainingFailedError) -> Exception:
         cause = getattr(error, "cause", None) or error
         if isinstance(cause, DataError):
             return DataError(str(cause))
-        last_line = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
         return TrainingFailed(f"training failed on a worker: {type(cause).__name__}: "
-                              f"{last_line} (rerun with --verbose for the full log).")
-    return TrainingFailed(f"training failed: {str(exc).strip().splitlines()[-1]}")
+                              f"{_headline(cause)} (rerun with --verbose for the full log).")
+    return TrainingFailed(f"training failed: {_headline(exc)}")
+
+
+def _headline(error: BaseException) -> str:
+    """The first line of an error's message: what went wrong, before any advice."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

@@ -61,7 +61,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = restored_state()
     model, optimizer = build_model_and_optimizer(config, spec, state, place)
     restore_rng(config.seed, state, place)
-    curriculum = make_curriculum(config, state)
+    curriculum = make_curriculum(config, state, loop_config["difficulty_quantiles"])
     clipper = make_clipper(config, state)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
@@ -72,7 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while step < config.train.steps:
         step += 1
         level = curriculum.at_step(step)
-        batch = batches.train_batch(step, curriculum.difficulties)
+        batch = batches.train_batch(step, curriculum)
         figures = train_step(model, optimizer, batch, clipper, info.kind, place)
         figures["curriculum_level"] = float(level)
         if recorder:
@@ -135,10 +135,14 @@ def restore_rng(seed: int, state: dict | None, place: Place) -> None:
     torch.manual_seed(int(rng_for(seed, place.rank, step).integers(2**62)))
 
 
-def make_curriculum(config: Config, state: dict | None) -> Curriculum:
-    """The run's curriculum, at the level its checkpoint left it at."""
+def make_curriculum(config: Config, state: dict | None,
+                    quantiles: list[int]) -> Curriculum:
+    """The run's curriculum, at the level its checkpoint left it at. Its target is the
+    task's length, or for data the hardest row (the last of the difficulty `quantiles`)."""
     keys = dataclasses.asdict(config.curriculum)
-    curriculum = Curriculum(Plan(target=config.task.seq_len, **keys))
+    del keys["difficulty"]  # where difficulty comes from is the data source's business
+    target = quantiles[-1] if quantiles else config.task.seq_len
+    curriculum = Curriculum(Plan(target=target, quantiles=tuple(quantiles), **keys))
     if state:
         curriculum.load_state_dict(state["curriculum"])
     return curriculum
@@ -159,6 +163,8 @@ def make_batches(config: Config, info: TaskInfo, place: Place):
             ray.train.get_dataset_shard("val"),  # [ray]
             config.train.batch_size,
             PaddingCollate(info.kind),
+            config.seed,
+            place.rank,
         )
     task = make_task(config.task.name, config.task.seq_len)
     return SyntheticBatches(task, config.seed, place.rank, place.world,

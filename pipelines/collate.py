@@ -6,6 +6,7 @@ The training loop only ever sees one layout (batch-first, padded, with true leng
     lengths  int64   (B,)
     targets  float32 (B, O) | int64 (B, T) padded with IGNORE_INDEX | int64 (B,)
     scored   bool    (B, T)      optional, per_step only, False past each row's length
+    difficulty float32 (B,)      optional, a Parquet column a curriculum orders rows by
 
     row 0: x x x x x x      lengths[0] = 6
     row 1: x x x . . .      lengths[1] = 3   (. = padding)
@@ -30,7 +31,8 @@ IGNORE_INDEX = -100
 KINDS = ("regression", "per_step", "sequence")
 """Target kinds of the batch format; models/ has one head per kind."""
 
-_FIXED_DTYPES = {"inputs": np.float32, "lengths": np.int64, "scored": np.bool_}
+_FIXED_DTYPES = {"inputs": np.float32, "lengths": np.int64, "scored": np.bool_,
+                 "difficulty": np.float32}
 
 
 def check_kind(kind: str) -> str:
@@ -86,7 +88,23 @@ def pad_batch(columns: Mapping[str, np.ndarray], kind: str) -> dict[str, np.ndar
              "targets": _targets(columns["targets"], check_kind(kind), lengths)}
     if "scored" in columns:
         batch["scored"] = _per_step(columns["scored"], "scored", False, np.bool_, lengths)
+    if "difficulty" in columns:
+        batch["difficulty"] = np.asarray(columns["difficulty"], dtype=np.float32)
     return batch
+
+
+def select_rows(batch: Mapping[str, torch.Tensor], keep: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+    """The rows where `keep` is True, with padding trimmed to the longest of them (a
+    curriculum that drops long rows also stops paying for their steps)."""
+    kept = {name: tensor[keep] for name, tensor in batch.items()}
+    steps = int(kept["lengths"].max())
+    for name in ("inputs", "scored"):
+        if name in kept:
+            kept[name] = kept[name][:, :steps]
+    if kept["targets"].ndim == 2 and not kept["targets"].is_floating_point():
+        kept["targets"] = kept["targets"][:, :steps]  # per-step class targets
+    return kept
 
 
 def _targets(column: np.ndarray, kind: str, lengths: np.ndarray) -> np.ndarray:

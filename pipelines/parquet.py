@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.collate import KINDS
@@ -131,6 +132,30 @@ def split_files(split_dir: str | Path) -> list[Path]:
         raise DataError(f"Dataset split directory {root} contains no .parquet files; expected "
                         f"one or more files with columns inputs ({_INPUTS_TYPE}) and targets.")
     return files
+
+
+def difficulty_quantiles(split_dir: str | Path, column: str) -> list[int]:
+    """The 0th, 1st, ..., 100th percentiles of the rows' difficulty: the values of `column`
+    (config key curriculum.difficulty), or each row's number of steps for "length".
+
+    A curriculum on data needs them to turn a level or a competence into the rows it
+    admits. "length" reads the whole `inputs` column once; a numeric column is cheaper.
+    """
+    files = split_files(split_dir)
+    if column == "length":
+        table = pq.ParquetDataset(files).read(columns=["inputs"])
+        values = pc.list_value_length(table["inputs"])
+    else:
+        kind = _column_type(files[0], pq.read_schema(files[0]), column,
+                            "an integer per row (curriculum.difficulty)")
+        if not pa.types.is_integer(kind):
+            raise DataError(f"{files[0]}: column `{column}` (curriculum.difficulty) has type "
+                            f"{kind}; expected an integer per row (a length, a count, a "
+                            "rank), on the scale of curriculum.start and round_to.")
+        values = pq.ParquetDataset(files).read(columns=[column])[column]
+    quantiles = pc.quantile(values, q=np.linspace(0.0, 1.0, 101).tolist(),
+                            interpolation="lower")
+    return [int(value) for value in quantiles.to_pylist()]
 
 
 def read_task_info(split_dir: str | Path, num_classes: int | None = None) -> TaskInfo:

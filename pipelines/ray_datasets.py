@@ -24,8 +24,9 @@ from pipelines.collate import check_kind, pad_batch, to_torch
 from pipelines.parquet import split_files
 
 
-def read_split(split_dir: str | Path) -> ray.data.Dataset:
-    """A Dataset of the split's rows with only the columns of the row schema.
+def read_split(split_dir: str | Path, difficulty: str = "length") -> ray.data.Dataset:
+    """A Dataset of the split's rows with only the columns of the row schema, plus the
+    curriculum's `difficulty` column (renamed `difficulty`) unless that is "length".
 
     The files are listed here (and their schema checked by read_task_info) rather than
     by Ray, so a missing or empty directory fails with a DataError naming it. The path
@@ -34,8 +35,13 @@ def read_split(split_dir: str | Path) -> ray.data.Dataset:
     files = split_files(split_dir)
     names = pq.read_schema(files[0]).names
     columns = [name for name in ("inputs", "targets", "scored") if name in names]
+    if difficulty != "length":
+        columns.append(difficulty)
     # select_columns after the read is pushed down into it (`columns=` is deprecated).
-    return ray.data.read_parquet([str(path) for path in files]).select_columns(columns)
+    dataset = ray.data.read_parquet([str(path) for path in files]).select_columns(columns)
+    if difficulty not in ("length", "difficulty"):
+        dataset = dataset.rename_columns({difficulty: "difficulty"})
+    return dataset
 
 
 class PaddingCollate(NumpyBatchCollateFn):

@@ -1,19 +1,21 @@
 """Where a worker's batches come from: generated on the fly, or its shard of a Dataset.
 
-Both sources give the training loop the same two calls, `train_batch(step, difficulties)`
-and `validation_batches(level)`, so the loop does not care which one it has. A curriculum
-speaks through `difficulties(rng, n)` (the length of each example of the batch) and
-`level` (the length to validate at; None = the task's own).
+Both sources give the training loop the same two calls, `train_batch(step, curriculum)`
+and `validation_batches(level)`, so the loop does not care which one it has. The
+curriculum says what the batch holds: a generator asks it for the difficulty of each
+example (`difficulties`), a dataset for which of its rows to admit (`keep`); `level` is
+the difficulty to validate at (None = the target).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from pipelines.collate import to_torch
+from pipelines.collate import select_rows, to_torch
 from pipelines.errors import DataError
 from pipelines.synthetic import (
     VALIDATION_STREAM,
@@ -24,7 +26,14 @@ from pipelines.synthetic import (
 )
 
 VALIDATION_BATCH = 256
-Difficulties = Callable[[np.random.Generator, int], np.ndarray]
+
+
+class Schedule(Protocol):
+    """What the sources need of a curriculum (orchestrator.curriculum.Curriculum)."""
+
+    def difficulties(self, rng: np.random.Generator, n: int) -> np.ndarray: ...
+
+    def keep(self, rng: np.random.Generator, difficulties: np.ndarray) -> np.ndarray: ...
 
 
 class SyntheticBatches:
@@ -39,9 +48,10 @@ class SyntheticBatches:
         self._rank, self._world, self._val_size = rank, world, val_size
         self._validation = {None: self._slice(validation_set(task, seed, val_size))}
 
-    def train_batch(self, step: int, difficulties: Difficulties) -> dict[str, torch.Tensor]:
+    def train_batch(self, step: int, curriculum: Schedule) -> dict[str, torch.Tensor]:
         rng = rng_for(self._seed, self._rank, step)
-        return to_torch(generate_at(self._task, rng, difficulties(rng, self._batch_size)))
+        difficulties = curriculum.difficulties(rng, self._batch_size)
+        return to_torch(generate_at(self._task, rng, difficulties))
 
     def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """This rank's slice of the fixed validation set at `level` (made once, then kept)."""
@@ -66,20 +76,38 @@ class ShardBatches:
     number of steps per epoch and the epochs of all ranks end together.
     """
 
-    def __init__(self, train_shard, val_shard, batch_size: int, collate):
+    def __init__(self, train_shard, val_shard, batch_size: int, collate, seed: int,
+                 rank: int):
         self._train_shard, self._val_shard = train_shard, val_shard
         self._batch_size, self._collate = batch_size, collate
+        self._seed, self._rank = seed, rank
         self._batches = self._epochs()
 
-    def train_batch(self, step: int, difficulties: Difficulties) -> dict[str, torch.Tensor]:
-        """The next batch of the shard (its rows have the difficulty they were written with;
-        the config refuses a curriculum on Parquet data)."""
-        return next(self._batches)
+    def train_batch(self, step: int, curriculum: Schedule) -> dict[str, torch.Tensor]:
+        """The next batch of the shard, less the rows the curriculum does not admit yet.
+
+        A batch keeps its slot in the epoch even when the curriculum admits none of its
+        rows (every rank must take the same number of batches per epoch): it then trains
+        on its easiest row.
+        """
+        batch = next(self._batches)
+        difficulty = _difficulty(batch)
+        keep = curriculum.keep(rng_for(self._seed, self._rank, step), difficulty.numpy())
+        if keep.all():
+            return batch
+        if not keep.any():
+            keep[int(difficulty.argmin())] = True
+        return select_rows(batch, torch.from_numpy(keep))
 
     def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        return self._val_shard.iter_torch_batches(
-            batch_size=VALIDATION_BATCH, collate_fn=self._collate
-        )
+        """The shard's validation rows; with a `level`, only the rows at or below it."""
+        for batch in self._val_shard.iter_torch_batches(batch_size=VALIDATION_BATCH,
+                                                        collate_fn=self._collate):
+            difficulty = _difficulty(batch)
+            if level is None:
+                yield batch
+            elif (keep := difficulty <= level).any():
+                yield select_rows(batch, keep)
 
     def _epochs(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
@@ -95,3 +123,9 @@ class ShardBatches:
                     f"train.batch_size={self._batch_size} rows: write more rows, or lower "
                     "train.batch_size or scaling.num_workers."
                 )
+
+
+def _difficulty(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each row's difficulty: the dataset's difficulty column (taken out of the batch,
+    the model has no use for it), else the row's length."""
+    return batch.pop("difficulty", batch["lengths"])

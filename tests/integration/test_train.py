@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -79,3 +81,24 @@ def test_progress_driven_curriculum_rises_and_ranks_agree(ray_address, workdir):
     assert len(spreads) == 5 and all(m.value == 0 for m in spreads)
     assert len(client.get_metric_history(outcome.run_id, "val_loss_level")) == 5
     assert outcome.final["curriculum_level"] == 40
+
+
+def test_curriculum_on_parquet_filters_rows_by_a_difficulty_column(ray_address, workdir):
+    write_dataset(make_task("adding", 10), workdir / "data", rows=1024, val_rows=128, seed=0)
+    for part in (workdir / "data").rglob("*.parquet"):  # a difficulty rank 1..4 per row
+        table = pq.read_table(part)
+        ranks = np.random.default_rng(0).integers(1, 5, size=table.num_rows, dtype=np.int32)
+        pq.write_table(table.append_column("rank", pa.array(ranks)), part)
+    config = tiny_config("task.name=parquet", f"task.path={workdir / 'data'}",
+                         "curriculum.schedule=step", "curriculum.difficulty=rank",
+                         "curriculum.start=1", "curriculum.increment=1", "curriculum.every=10",
+                         "train.steps=40", "train.eval_every=20", "train.checkpoint_every=40")
+    outcome = driver.train(config)
+
+    client = MlflowClient(config.tracking.uri)
+    levels = {m.step: m.value for m in client.get_metric_history(outcome.run_id,
+                                                                   "curriculum_level")}
+    assert [levels[step] for step in (1, 10, 20, 30, 40)] == [1, 2, 3, 4, 4]
+    spreads = client.get_metric_history(outcome.run_id, "curriculum_level_spread")
+    assert [m.value for m in spreads] == [0, 0]
+    assert outcome.final["step"] == 40

@@ -20,6 +20,7 @@ from orchestrator.curriculum import (
     root_level,
     step_level,
 )
+from orchestrator.worker import make_curriculum
 from pipelines.synthetic import rng_for
 
 STEP_DRIVEN = ("none", "linear", "root", "step", "competence", "mixed")
@@ -396,9 +397,8 @@ def config_of(curriculum: dict, **task) -> Config:
 def test_every_schedule_is_accepted_and_makes_a_plan(schedule):
     config = config_of({"schedule": schedule})
     assert config.curriculum.schedule == schedule
-    # as the worker builds it: every config key is a Plan field
-    plan = Plan(target=config.task.seq_len, **dataclasses.asdict(config.curriculum))
-    curriculum = Curriculum(plan)
+    curriculum = make_curriculum(config, state=None, quantiles=[])  # as the worker does
+    assert curriculum.plan.target == 100
     curriculum.at_step(1)
     assert 10 <= curriculum.level <= 100
 
@@ -422,10 +422,52 @@ def test_start_above_the_task_length_is_rejected():
     config_of({"schedule": "linear", "start": 100})
 
 
-def test_a_curriculum_on_parquet_is_rejected():
-    with pytest.raises(ConfigError, match="parquet"):
-        config_of({"schedule": "linear"}, name="parquet", path="/data")
-    config_of({"schedule": "none"}, name="parquet", path="/data")
+def test_a_difficulty_column_is_for_parquet_only():
+    with pytest.raises(ConfigError, match="curriculum.difficulty"):
+        config_of({"schedule": "linear", "difficulty": "rank"})
+    config = config_of({"schedule": "linear", "difficulty": "rank", "start": 1000},
+                       name="parquet", path="/data")
+    assert config.curriculum.difficulty == "rank"  # start is checked against the data
+
+
+def plan_on_data(schedule: str, **keys) -> Plan:
+    quantiles = tuple(range(5, 106))  # difficulties 5..105, one per percentile
+    return Plan(schedule=schedule, target=quantiles[-1], start=5, quantiles=quantiles, **keys)
+
+
+def test_competence_on_data_admits_the_easiest_fraction_of_rows():
+    plan = plan_on_data("competence", competence_start=0.1, warmup_steps=100, power=1)
+    curriculum = Curriculum(plan)
+    for step in (0, 30, 60, 100):
+        curriculum.at_step(step)
+        c = competence(step, plan)
+        assert curriculum.level == plan.quantiles[round(c * 100)]
+    rows = np.arange(5, 106)
+    curriculum.at_step(30)
+    admitted = curriculum.keep(np.random.default_rng(0), rows)
+    assert admitted.mean() == pytest.approx(competence(30, plan), abs=0.02)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "root", "step", "naive", "competence"])
+def test_keep_admits_exactly_the_rows_at_or_below_the_level(schedule):
+    curriculum = Curriculum(plan_on_data(schedule, warmup_steps=100, every=10, patience=1))
+    curriculum.at_step(40)
+    rows = np.arange(5, 106)
+    np.testing.assert_array_equal(curriculum.keep(np.random.default_rng(0), rows),
+                                  rows <= curriculum.level)
+
+
+def test_keep_admits_every_row_for_none_and_mixed():
+    rows = np.arange(5, 106)
+    for schedule in ("none", "mixed"):
+        assert Curriculum(plan_on_data(schedule)).keep(np.random.default_rng(0), rows).all()
+
+
+def test_combined_also_admits_a_mix_fraction_of_harder_rows():
+    curriculum = Curriculum(plan_on_data("combined", patience=1, mix_fraction=0.3))
+    rows = np.full(20_000, 100)  # all above the starting level
+    admitted = curriculum.keep(np.random.default_rng(0), rows)
+    assert admitted.mean() == pytest.approx(0.3, abs=0.02)
 
 
 @pytest.mark.parametrize("power", [0, 3, -1])

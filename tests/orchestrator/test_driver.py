@@ -19,6 +19,12 @@ def test_resolve_fills_name_storage_and_tracking(tmp_path, monkeypatch):
     assert config.tracking.uri == "http://127.0.0.1:5000"
 
 
+def test_resolve_makes_the_data_path_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = apply_overrides(Config(), ["task.name=parquet", "task.path=data"])
+    assert driver.resolve(config, {}).task.path == str(tmp_path / "data")
+
+
 def test_resolve_keeps_a_given_name_and_remote_storage():
     config = apply_overrides(Config(), ["run.name=mine", "run.storage_path=s3://bucket/x"])
     resolved = driver.resolve(config, {})
@@ -31,8 +37,9 @@ def test_a_data_error_in_a_worker_stays_a_data_error():
 
 
 def test_a_crash_in_a_worker_becomes_one_paragraph():
-    crash = RuntimeError("Traceback (most recent call last):\n  ...\nboom: out of memory")
+    crash = FileNotFoundError("/data/x.parquet: no such file\n\nTo change retry attempts...")
     error = driver.failure(WorkerGroupError("worker 0 failed", {0: crash}))
     assert isinstance(error, driver.TrainingFailed)
-    assert str(error).startswith("training failed on a worker: RuntimeError: boom: out of")
+    assert str(error).startswith(
+        "training failed on a worker: FileNotFoundError: /data/x.parquet: no such file (")
     assert "\n" not in str(error)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.collate import IGNORE_INDEX, pad_batch, pad_rows, to_torch
-from pipelines.synthetic import AddingProblem, CopyMemory, rng_for
+from pipelines.collate import IGNORE_INDEX, pad_batch, pad_rows, select_rows, to_torch
+from pipelines.synthetic import AddingProblem, CopyMemory, generate_at, rng_for
 
 
 def _object_array(items: list) -> np.ndarray:
@@ -119,3 +119,20 @@ def test_to_torch_converts_dtypes_and_read_only_arrays() -> None:
     assert batch["lengths"].dtype == torch.int64 and batch["targets"].dtype == torch.int64
     with pytest.raises(ValueError, match="'mask'"):
         to_torch({"mask": np.ones(2)})
+
+
+def test_select_rows_keeps_the_chosen_rows_and_trims_their_padding():
+    task = CopyMemory(20, copy_len=2)
+    batch = to_torch(generate_at(task, rng_for(0, 0, 1), np.array([3, 30, 5, 3])))
+    keep = batch["lengths"] < 20  # the rows of delay 3 and 5 (lengths 7, 7, 9)
+    kept = select_rows(batch, keep)
+    assert kept["lengths"].tolist() == [7, 7, 9]
+    assert kept["inputs"].shape == (3, 9, task.input_size)
+    assert kept["targets"].shape == kept["scored"].shape == (3, 9)
+    assert torch.equal(kept["targets"], batch["targets"][keep][:, :9])
+
+
+def test_select_rows_leaves_regression_targets_whole():
+    batch = to_torch(generate_at(AddingProblem(20), rng_for(0, 0, 1), np.array([4, 20])))
+    kept = select_rows(batch, torch.tensor([True, False]))
+    assert kept["inputs"].shape == (1, 4, 2) and kept["targets"].shape == (1, 1)

@@ -10,7 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.errors import DataError
-from pipelines.parquet import METADATA_KEY, TaskInfo, read_task_info, write_dataset
+from pipelines.parquet import (
+    METADATA_KEY,
+    TaskInfo,
+    difficulty_quantiles,
+    read_task_info,
+    write_dataset,
+)
 from pipelines.synthetic import AddingProblem, CopyMemory, rng_for, validation_set
 
 
@@ -122,3 +128,36 @@ def test_read_task_info_rejects_num_classes_that_contradict_metadata(tmp_path: P
     assert read_task_info(tmp_path / "ds" / "train", num_classes=6).output_size == 6
     with pytest.raises(DataError, match="task.num_classes is 4"):
         read_task_info(tmp_path / "ds" / "train", num_classes=4)
+
+
+def ragged_split(tmp_path: Path) -> Path:
+    """Rows of lengths 1..100 with a `rank` column that runs the other way."""
+    lengths = np.arange(1, 101)
+    inputs = [[[float(t)] for t in range(n)] for n in lengths]
+    table = pa.table({"inputs": inputs, "targets": [[0.0]] * 100,
+                      "rank": (101 - lengths).astype(np.int32)})
+    split = tmp_path / "train"
+    split.mkdir()
+    pq.write_table(table.slice(0, 60), split / "part-0.parquet")
+    pq.write_table(table.slice(60), split / "part-1.parquet")
+    return split
+
+
+def test_difficulty_quantiles_by_length_and_by_column(tmp_path):
+    split = ragged_split(tmp_path)
+    by_length = difficulty_quantiles(split, "length")
+    assert len(by_length) == 101 and by_length[0] == 1 and by_length[-1] == 100
+    assert by_length == sorted(by_length) and by_length[50] in (50, 51)
+    assert difficulty_quantiles(split, "rank")[-1] == 100
+
+
+def test_difficulty_column_must_exist_and_be_integer(tmp_path):
+    split = ragged_split(tmp_path)
+    with pytest.raises(DataError, match="`level` is missing"):
+        difficulty_quantiles(split, "level")
+    pq.write_table(pa.table({"inputs": [[[1.0]]], "targets": [[0.0]], "rank": [0.5]}),
+                   split / "part-2.parquet")
+    for path in list(split.glob("part-[01].parquet")):
+        path.unlink()
+    with pytest.raises(DataError, match="expected an integer per row"):
+        difficulty_quantiles(split, "rank")

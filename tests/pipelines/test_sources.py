@@ -13,15 +13,25 @@ BATCH_SIZE = 16
 
 
 class Recorded:
-    """A difficulties callable that draws from the rng it is given and remembers its answers."""
+    """A curriculum that draws difficulties from the rng it is given and remembers them."""
 
     def __init__(self, choices=(4, 9, 15)):
         self.choices, self.calls = np.array(choices), []
 
-    def __call__(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    def difficulties(self, rng: np.random.Generator, n: int) -> np.ndarray:
         levels = rng.choice(self.choices, size=n)
         self.calls.append((n, levels))
         return levels
+
+
+class Fixed:
+    """A curriculum with every example at one level."""
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def difficulties(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.full(n, self.level)
 
 
 def batches(task=None, seed=0, rank=0, world=1, val_size=40) -> SyntheticBatches:
@@ -61,7 +71,7 @@ def test_train_batch_lengths_follow_the_difficulties(task):
 
 
 def test_train_batch_at_one_level_has_that_length():
-    batch = batches().train_batch(1, lambda rng, n: np.full(n, 7))
+    batch = batches().train_batch(1, Fixed(7))
     assert batch["inputs"].shape == (BATCH_SIZE, 7, 2)
     assert torch.equal(batch["lengths"], torch.full((BATCH_SIZE,), 7))
 
