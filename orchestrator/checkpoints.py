@@ -1,8 +1,8 @@
 """What a checkpoint holds, and how it is written and read back.
 
 One directory, two files: `state.pt` (weights, optimizer, step, the RNG state of every
-rank, the state of the curriculum and of the clipping policy, the model spec) and
-`config.yaml` (the resolved config, readable without torch).
+rank, the state of the loop's helpers (curriculum, clipping policy, divergence guard),
+the model spec) and `config.yaml` (the resolved config, readable without torch).
 Carrying the spec and the config with the weights means a checkpoint alone rebuilds the
 model. Ray moves the directory to storage; this module only knows directories.
 """
@@ -22,8 +22,10 @@ CONFIG_FILE = "config.yaml"
 
 
 def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         step: int, spec: ModelSpec, rng_states: list[Any], curriculum: dict[str, Any],
-         clip: dict[str, Any], config_yaml: str) -> None:
+         step: int, spec: ModelSpec, rng_states: list[Any], parts: dict[str, dict[str, Any]],
+         config_yaml: str) -> None:
+    """`parts` holds the state_dict of each stateful helper of the loop, by name
+    (curriculum, clip, guard)."""
     directory = Path(directory)
     torch.save(
         {
@@ -32,8 +34,7 @@ def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.opti
             "optimizer": optimizer.state_dict(),
             "spec": dataclasses.asdict(spec),
             "rng_states": rng_states,
-            "curriculum": curriculum,
-            "clip": clip,
+            "parts": parts,
         },
         directory / STATE_FILE,
     )

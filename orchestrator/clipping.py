@@ -57,8 +57,9 @@ class Clipper:
         elif self.policy == "value":
             torch.nn.utils.clip_grad_value_(parameters, threshold)
         elif self.policy == "autoclip":
-            self.history.append(before)
-            threshold = float(np.percentile(self.history, self.threshold))
+            if np.isfinite(before):  # a diverged step must not poison the percentile
+                self.history.append(before)
+            threshold = float(np.percentile(self.history or [0.0], self.threshold))
             torch.nn.utils.clip_grad_norm_(parameters, threshold)
         elif self.policy == "agc":
             exempt = {id(p) for p in head}
@@ -72,10 +73,11 @@ class Clipper:
         return self.policy == "autoclip"
 
     def state_dict(self) -> dict:
-        return {"history": list(self.history)}
+        return {"threshold": self.threshold, "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = list(state["history"])
+        """The history, and the threshold (the divergence guard may have tightened it)."""
+        self.threshold, self.history = state["threshold"], list(state["history"])
 
 
 @torch.no_grad()

@@ -128,6 +128,29 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    enabled: bool = _key(True, "skip bad steps and roll back when training diverges")
+    spike_factor: float = _key(
+        10.0, "a loss above this times the median of recent good losses is a spike")
+    window: int = _key(100, "recent good losses the spike median is taken over")
+    patience: int = _key(3, "bad steps in a row that trigger a rollback")
+    max_rollbacks: int = _key(3, "rollbacks allowed before the run stops as diverged")
+    lr_factor: float = _key(0.5, "learning rate multiplier at each rollback")
+    clip_factor: float = _key(0.5, "clip.threshold multiplier at each rollback")
+    snapshot_every: int = _key(100, "good steps between the in-memory states rolled back to")
+
+    def __post_init__(self) -> None:
+        _positive(self, "window", "patience", "snapshot_every")
+        if self.spike_factor <= 1:
+            raise ConfigError(f"guard.spike_factor must be > 1, got {self.spike_factor}.")
+        if self.max_rollbacks < 0:
+            raise ConfigError(f"guard.max_rollbacks must be >= 0, got {self.max_rollbacks}.")
+        for name in ("lr_factor", "clip_factor"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"guard.{name} must be in (0, 1], got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
 class CurriculumConfig:
     schedule: str = _key("none", "how difficulty (sequence length) grows", SCHEDULES)
     start: int = _key(10, "difficulty (length) the curriculum starts at")
@@ -202,6 +225,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)

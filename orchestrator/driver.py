@@ -117,11 +117,35 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         tags={"ray.job_id": ray.get_runtime_context().get_job_id()},
     )
     board = ProgressBoard.remote()
-    trainer = TorchTrainer(
+    loop_config = {"config": config.to_dict(), "task": dataclasses.asdict(info),
+                   "difficulty_quantiles": quantiles, "run_id": run_id, "tracking_uri": uri,
+                   "board": board}
+    try:
+        with ProgressPrinter(board, config.train.steps, stream):
+            result = make_trainer(config, loop_config, verbose).fit()
+    except ray.train.TrainingFailedError as exc:
+        tracking.finish_run(uri, run_id, "FAILED")
+        raise failure(exc) from None
+    except (KeyboardInterrupt, SystemExit):
+        # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
+        tracking.finish_run(uri, run_id, "KILLED")
+        raise KeyboardInterrupt from None
+    best = log_final_model(result, uri, run_id)
+    tracking.finish_run(uri, run_id, "FINISHED")
+    return Outcome(
+        run_name=config.run.name, run_id=run_id,
+        experiment_id=tracking.experiment_id_of(uri, run_id), resumed=resumed,
+        final=dict(result.metrics or {}), baseline=info.baseline, run_path=str(result.path),
+        best_checkpoint=best.path, seconds=time.monotonic() - started,
+    )
+
+
+def make_trainer(config: Config, loop_config: dict, verbose: bool) -> TorchTrainer:
+    """The Ray Train run: its name and storage make a restart a resume; checkpoints are
+    ranked by val_loss (the latest is always kept too)."""
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "task": dataclasses.asdict(info),
-                           "difficulty_quantiles": quantiles, "run_id": run_id,
-                           "tracking_uri": uri, "board": board},
+        train_loop_config=loop_config,
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=config.run.name,
@@ -136,26 +160,14 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         ),
         datasets=parquet_datasets(config) if config.task.name == "parquet" else None,
     )
-    try:
-        with ProgressPrinter(board, config.train.steps, stream):
-            result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        tracking.finish_run(uri, run_id, "FAILED")
-        raise failure(exc) from None
-    except (KeyboardInterrupt, SystemExit):
-        # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
-        tracking.finish_run(uri, run_id, "KILLED")
-        raise KeyboardInterrupt from None
+
+
+def log_final_model(result: ray.train.Result, uri: str, run_id: str) -> ray.train.Checkpoint:
+    """Log the model of the last checkpoint and the files of the best one; returns the best."""
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
         tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
-    tracking.finish_run(uri, run_id, "FINISHED")
-    return Outcome(
-        run_name=config.run.name, run_id=run_id,
-        experiment_id=tracking.experiment_id_of(uri, run_id), resumed=resumed,
-        final=dict(result.metrics or {}), baseline=info.baseline, run_path=str(result.path),
-        best_checkpoint=best.path, seconds=time.monotonic() - started,
-    )
+    return best
 
 
 def start_ray(verbose: bool) -> None:

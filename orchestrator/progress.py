@@ -20,12 +20,16 @@ import ray
 class ProgressBoard:
     def __init__(self) -> None:
         self._latest: dict[str, float] = {}
+        self._notes: list[str] = []
 
     def post(self, figures: dict[str, float]) -> None:
         self._latest.update(figures)
 
-    def latest(self) -> dict[str, float]:
-        return self._latest
+    def note(self, text: str) -> None:
+        self._notes.append(text)
+
+    def latest(self) -> tuple[dict[str, float], list[str]]:
+        return self._latest, self._notes
 
 
 class ProgressPoster:
@@ -41,6 +45,10 @@ class ProgressPoster:
         if force or now - self._last >= self._every_s:
             self._board.post.remote(figures)
             self._last = now
+
+    def note(self, text: str) -> None:
+        """A line the user must see (a divergence incident), never throttled."""
+        self._board.note.remote(text)
 
 
 def format_line(figures: dict[str, float], total_steps: int) -> str:
@@ -68,6 +76,7 @@ class ProgressPrinter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._last_val_step = None
+        self._notes_shown = 0
 
     def __enter__(self) -> ProgressPrinter:
         self._thread.start()
@@ -88,7 +97,12 @@ class ProgressPrinter:
             except ray.exceptions.RayError:
                 return  # the cluster is going away; the driver reports why
 
-    def _show(self, figures: dict[str, float]) -> None:
+    def _show(self, board: tuple[dict[str, float], list[str]]) -> None:
+        figures, notes = board
+        for note in notes[self._notes_shown:]:
+            self._stream.write(("\r" if self._live else "") + f"rnn-orch: {note}".ljust(100)
+                               + "\n")
+        self._notes_shown = len(notes)
         if not figures:
             return
         line = format_line(figures, self._total)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -87,12 +87,6 @@ def finish_run(uri: str, run_id: str, status: str) -> None:
     MlflowClient(uri).set_terminated(run_id, status=status)
 
 
-def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    client = MlflowClient(uri)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-
-
 def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> None:
     """Log the final model with MLflow's PyTorch flavour, and the best checkpoint's files.
 
@@ -126,6 +120,7 @@ class MetricLogger:
         self._run_id = run_id
         self._flush_every_s = flush_every_s
         self._pending: list[Metric] = []
+        self._tags: list[RunTag] = []
         self._last_flush = time.monotonic()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -134,10 +129,17 @@ class MetricLogger:
         if time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
 
+    def tag(self, key: str, value: str) -> None:
+        """A tag, sent with the next batch of metrics."""
+        self._tags.append(RunTag(key, value))
+
     def flush(self) -> None:
         for start in range(0, len(self._pending), _BATCH_LIMIT):
             self._client.log_batch(self._run_id, self._pending[start:start + _BATCH_LIMIT])
+        for start in range(0, len(self._tags), _BATCH_LIMIT):
+            self._client.log_batch(self._run_id, tags=self._tags[start:start + _BATCH_LIMIT])
         self._pending.clear()
+        self._tags.clear()
         self._last_flush = time.monotonic()
 
 

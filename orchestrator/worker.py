@@ -2,8 +2,9 @@
 
 It reads like a recipe:
 
-    restore -> build -> for each step: batch -> forward -> loss -> backward -> clip
-                                       -> step -> record -> (validate -> checkpoint)
+    restore -> build -> for each step: level -> batch -> forward -> loss -> backward
+                                       -> clip -> guard -> step (or skip, or roll back)
+                                       -> record -> (validate -> curriculum -> checkpoint)
 
 Everything here is plain PyTorch except the lines marked `# [ray]`. The driver
 (`orchestrator.driver`) starts it with `TorchTrainer(train_loop_per_worker, ...)`.
@@ -11,6 +12,7 @@ Everything here is plain PyTorch except the lines marked `# [ray]`. The driver
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tempfile
 import time
@@ -28,6 +30,7 @@ from orchestrator import checkpoints, objectives
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config
 from orchestrator.curriculum import Curriculum, Plan
+from orchestrator.guard import DivergenceGuard, Verdict
 from orchestrator.optimizers import build_optimizer
 from orchestrator.progress import ProgressPoster
 from orchestrator.tracking import MetricLogger
@@ -50,7 +53,8 @@ class Place:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` holds plain values: the resolved config, the
-    task's shape, the MLflow run to write to, and the progress board (or None)."""
+    task's shape, the difficulty percentiles of Parquet data (for a curriculum), the
+    MLflow run to write to, and the progress board (or None)."""
     config = Config.from_dict(loop_config["config"])
     info = TaskInfo(**loop_config["task"])
     context = ray.train.get_context()  # [ray]
@@ -63,17 +67,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     restore_rng(config.seed, state, place)
     curriculum = make_curriculum(config, state, loop_config["difficulty_quantiles"])
     clipper = make_clipper(config, state)
+    guard = make_guard(config, state)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
 
     step = state["step"] if state else 0
+    snapshot = take_snapshot(step, model, optimizer) if guard else None
+    level = curriculum.level
     if recorder and state:
         recorder.resumed(step)
     while step < config.train.steps:
         step += 1
-        level = curriculum.at_step(step)
+        level, previous = curriculum.at_step(step), level
+        if guard and level != previous:
+            guard.forget_losses()
         batch = batches.train_batch(step, curriculum)
-        figures = train_step(model, optimizer, batch, clipper, info.kind, place)
+        figures = forward_backward_clip(model, optimizer, batch, clipper, info.kind, place)
+        verdict = guard.judge(figures["train_loss"], figures["grad_norm"]) if guard else None
+        if verdict and verdict.cause:
+            action = recover(verdict, model, optimizer, clipper, snapshot, config)
+            if recorder:
+                recorder.incident(step, verdict.cause, action, guard)
+        else:
+            optimizer.step()
+            if guard and step % config.guard.snapshot_every == 0:
+                snapshot = take_snapshot(step, model, optimizer)
         figures["curriculum_level"] = float(level)
         if recorder:
             recorder.step(step, figures)
@@ -83,8 +101,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if recorder:
                 recorder.validation(step, validation)
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+                parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
+                         "guard": guard.state_dict() if guard else {}}
                 save_and_report(step, {**figures, **validation}, model, optimizer, spec,
-                                curriculum, clipper, config, place)
+                                parts, config, place)
     if recorder:
         recorder.close()
 
@@ -144,7 +164,7 @@ def make_curriculum(config: Config, state: dict | None,
     target = quantiles[-1] if quantiles else config.task.seq_len
     curriculum = Curriculum(Plan(target=target, quantiles=tuple(quantiles), **keys))
     if state:
-        curriculum.load_state_dict(state["curriculum"])
+        curriculum.load_state_dict(state["parts"]["curriculum"])
     return curriculum
 
 
@@ -152,8 +172,56 @@ def make_clipper(config: Config, state: dict | None) -> Clipper:
     """The clipping policy, with the gradient-norm history its checkpoint kept."""
     clipper = Clipper(config.clip.policy, config.clip.threshold)
     if state:
-        clipper.load_state_dict(state["clip"])
+        clipper.load_state_dict(state["parts"]["clip"])
     return clipper
+
+
+def make_guard(config: Config, state: dict | None) -> DivergenceGuard | None:
+    """The divergence guard (None when guard.enabled is false: then it costs nothing)."""
+    g = config.guard
+    if not g.enabled:
+        return None
+    guard = DivergenceGuard(g.spike_factor, g.window, g.patience, g.max_rollbacks)
+    if state and state["parts"]["guard"]:
+        guard.load_state_dict(state["parts"]["guard"])
+    return guard
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The last good state, in memory, that the guard rolls back to."""
+
+    step: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+
+
+def take_snapshot(step: int, model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer) -> Snapshot:
+    return Snapshot(step, copy.deepcopy(unwrap(model).state_dict()),
+                    copy.deepcopy(optimizer.state_dict()))
+
+
+def recover(verdict: Verdict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            clipper: Clipper, snapshot: Snapshot, config: Config) -> str:
+    """Skip the bad step; on a rollback verdict also restore the snapshot, lower the
+    learning rate and tighten the clip threshold. Returns what was done, for the record.
+
+    Every rank gets the same verdict from the same figures, so every rank rolls back to
+    the same snapshot, and the replicas stay identical.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not verdict.rollback:
+        return "step skipped"
+    rates = [group["lr"] for group in optimizer.param_groups]
+    unwrap(model).load_state_dict(snapshot.model)
+    optimizer.load_state_dict(snapshot.optimizer)
+    g = config.guard
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate * g.lr_factor
+    clipper.threshold *= g.clip_factor
+    return (f"rolled back to step {snapshot.step}, lr x{g.lr_factor:g} "
+            f"(now {rates[0] * g.lr_factor:.3g}), clip.threshold x{g.clip_factor:g}")
 
 
 def make_batches(config: Config, info: TaskInfo, place: Place):
@@ -171,9 +239,10 @@ def make_batches(config: Config, info: TaskInfo, place: Place):
                             config.train.batch_size, config.task.val_size)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               batch: dict[str, torch.Tensor], clipper: Clipper, kind: str,
-               place: Place) -> dict[str, float]:
+def forward_backward_clip(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          batch: dict[str, torch.Tensor], clipper: Clipper, kind: str,
+                          place: Place) -> dict[str, float]:
+    """One step up to, not including, the optimizer's move (the guard decides that)."""
     tokens = int(batch["lengths"].sum()) * place.world
     batch = to_device(batch, place.device)
     model.train()
@@ -182,7 +251,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP all-reduces the gradients here
     clip = clipper(model.parameters(), head=unwrap(model).head.parameters())
-    optimizer.step()
     figures = {
         "train_loss": mean_over_ranks(loss.detach()),
         "grad_norm": clip.grad_norm,
@@ -237,8 +305,8 @@ def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
 
 def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, spec: ModelSpec, curriculum: Curriculum,
-                    clipper: Clipper, config: Config, place: Place) -> None:
+                    optimizer: torch.optim.Optimizer, spec: ModelSpec,
+                    parts: dict[str, dict], config: Config, place: Place) -> None:
     """Every rank reports (it is a barrier); rank 0 alone writes the checkpoint."""
     rng_states = gather_rng_states(place)
     metrics = {key: figures[key] for key in figures if key not in ("clipped", "tokens")}
@@ -246,8 +314,7 @@ def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module
         checkpoint = None
         if place.rank == 0:
             checkpoints.save(directory, model=unwrap(model), optimizer=optimizer, step=step,
-                             spec=spec, rng_states=rng_states,
-                             curriculum=curriculum.state_dict(), clip=clipper.state_dict(),
+                             spec=spec, rng_states=rng_states, parts=parts,
                              config_yaml=config.to_yaml())
             checkpoint = ray.train.Checkpoint.from_directory(directory)  # [ray]
         ray.train.report(  # [ray]
@@ -290,6 +357,14 @@ class Recorder:
     def resumed(self, step: int) -> None:
         """A resume or a restart after a failure shows in MLflow as the step it restarted at."""
         self._logger.log(step, {"resumed_from_step": step})
+
+    def incident(self, step: int, cause: str, action: str, guard: DivergenceGuard) -> None:
+        """A bad step: counts as metrics, the story as a tag, a line on the console."""
+        self._logger.log(step, {"guard_skipped_steps": guard.skipped,
+                                "guard_rollbacks": guard.rollbacks})
+        self._logger.tag(f"guard.incident.{step:08d}", f"{cause}: {action}")
+        if self._progress:
+            self._progress.note(f"step {step}: {cause}: {action}")
 
     def validation(self, step: int, figures: dict[str, float]) -> None:
         self._logger.log(step, figures)

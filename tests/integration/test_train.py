@@ -27,6 +27,12 @@ def tiny_config(*overrides: str) -> Config:
     return driver.resolve(apply_overrides(Config(), [*TINY, *overrides]), {})
 
 
+def history(config: Config, outcome: driver.Outcome, key: str) -> dict[int, float]:
+    """{step: value} of one metric of the run."""
+    client = MlflowClient(config.tracking.uri)
+    return {m.step: m.value for m in client.get_metric_history(outcome.run_id, key)}
+
+
 def test_adding_run_is_tracked_and_its_model_predicts(ray_address, workdir):
     config = tiny_config("train.steps=400", "train.eval_every=50", "train.checkpoint_every=200")
     outcome = driver.train(config)
@@ -73,13 +79,11 @@ def test_progress_driven_curriculum_rises_and_ranks_agree(ray_address, workdir):
                          "train.steps=100", "train.eval_every=20", "train.checkpoint_every=100")
     outcome = driver.train(config)
 
-    client = MlflowClient(config.tracking.uri)
-    levels = {m.step: m.value for m in client.get_metric_history(outcome.run_id,
-                                                                   "curriculum_level")}
+    levels = history(config, outcome, "curriculum_level")
     assert [levels[step] for step in (1, 21, 41, 61, 81)] == [10, 20, 30, 40, 40]
-    spreads = client.get_metric_history(outcome.run_id, "curriculum_level_spread")
-    assert len(spreads) == 5 and all(m.value == 0 for m in spreads)
-    assert len(client.get_metric_history(outcome.run_id, "val_loss_level")) == 5
+    spreads = history(config, outcome, "curriculum_level_spread")
+    assert list(spreads) == [20, 40, 60, 80, 100] and set(spreads.values()) == {0}
+    assert len(history(config, outcome, "val_loss_level")) == 5
     assert outcome.final["curriculum_level"] == 40
 
 
@@ -95,10 +99,32 @@ def test_curriculum_on_parquet_filters_rows_by_a_difficulty_column(ray_address, 
                          "train.steps=40", "train.eval_every=20", "train.checkpoint_every=40")
     outcome = driver.train(config)
 
-    client = MlflowClient(config.tracking.uri)
-    levels = {m.step: m.value for m in client.get_metric_history(outcome.run_id,
-                                                                   "curriculum_level")}
+    levels = history(config, outcome, "curriculum_level")
     assert [levels[step] for step in (1, 10, 20, 30, 40)] == [1, 2, 3, 4, 4]
-    spreads = client.get_metric_history(outcome.run_id, "curriculum_level_spread")
-    assert [m.value for m in spreads] == [0, 0]
+    assert history(config, outcome, "curriculum_level_spread") == {20: 0, 40: 0}
     assert outcome.final["step"] == 40
+
+
+def test_nan_data_on_one_rank_is_survived_by_the_guard(ray_address, workdir):
+    # Eight files of 128 rows; the rows of one file are NaN, so whichever rank reads it
+    # gets several bad batches in a row.
+    write_dataset(make_task("adding", 10), workdir / "data", rows=1024, val_rows=128, seed=0,
+                  rows_per_file=128)
+    poisoned = sorted((workdir / "data" / "train").glob("*.parquet"))[3]
+    table = pq.read_table(poisoned)
+    nan_rows = pa.array([[[float("nan")] * 2] * 10] * table.num_rows, table.schema.field(
+        "inputs").type)
+    column = table.schema.get_field_index("inputs")
+    pq.write_table(table.set_column(column, "inputs", nan_rows), poisoned)
+    config = tiny_config("task.name=parquet", f"task.path={workdir / 'data'}",
+                         "guard.patience=2", "guard.max_rollbacks=20", "train.steps=48",
+                         "train.eval_every=16", "train.checkpoint_every=48")
+    outcome = driver.train(config)
+
+    run = MlflowClient(config.tracking.uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["guard_rollbacks"] >= 1
+    assert run.data.metrics["guard_skipped_steps"] >= 2
+    incidents = [v for k, v in run.data.tags.items() if k.startswith("guard.incident.")]
+    assert any(v.startswith("non-finite loss: rolled back to step") for v in incidents)
+    assert np.isfinite(outcome.final["val_loss"])

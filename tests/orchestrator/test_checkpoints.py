@@ -34,7 +34,7 @@ def rng_state() -> dict:
 def test_save_then_load_model_gives_the_same_outputs(tmp_path):
     model, optimizer = trained_model_and_optimizer()
     checkpoints.save(tmp_path, model=model, optimizer=optimizer, step=7, spec=SPEC,
-                     rng_states=[], curriculum={}, clip={},
+                     rng_states=[], parts={},
                      config_yaml=Config().to_yaml())
     restored = checkpoints.load_model(tmp_path)
     assert isinstance(restored, SequenceModel)
@@ -53,11 +53,11 @@ def test_load_returns_step_optimizer_state_and_rng_states(tmp_path):
     model, optimizer = trained_model_and_optimizer()
     states = [rng_state(), rng_state()]  # one per rank
     checkpoints.save(tmp_path, model=model, optimizer=optimizer, step=1234, spec=SPEC,
-                     rng_states=states, curriculum={"level": 30}, clip={},
+                     rng_states=states, parts={"curriculum": {"level": 30}},
                      config_yaml="seed: 0\n")
     state = checkpoints.load(tmp_path)
     assert state["step"] == 1234
-    assert state["curriculum"] == {"level": 30}
+    assert state["parts"] == {"curriculum": {"level": 30}}
 
     fresh = build_optimizer("adam", build_model(SPEC).parameters(), lr=0.01,
                             weight_decay=0.0, momentum=0.9)
@@ -79,7 +79,7 @@ def test_rng_state_restores_the_same_random_stream(tmp_path):
     saved = rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1))
     checkpoints.save(tmp_path, model=model, optimizer=optimizer, step=1, spec=SPEC,
-                     rng_states=[saved], curriculum={"level": 30}, clip={},
+                     rng_states=[saved], parts={"curriculum": {"level": 30}},
                      config_yaml="")
     restored = checkpoints.load(tmp_path)["rng_states"][0]
     random.setstate(restored["python"])
@@ -93,7 +93,7 @@ def test_config_yaml_is_written_and_loads(tmp_path):
     model, optimizer = trained_model_and_optimizer()
     config = Config()
     checkpoints.save(tmp_path, model=model, optimizer=optimizer, step=1, spec=SPEC,
-                     rng_states=[], curriculum={"level": 30}, clip={},
+                     rng_states=[], parts={"curriculum": {"level": 30}},
                      config_yaml=config.to_yaml())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [checkpoints.STATE_FILE, checkpoints.CONFIG_FILE])
