@@ -65,7 +65,7 @@ def format_line(figures: dict[str, float], total_steps: int) -> str:
 
 
 class ProgressPrinter:
-    """Driver side: a daemon thread that polls the board until `stop()`."""
+    """Driver side: a daemon thread that polls the board while the `with` block runs."""
 
     def __init__(self, board, total_steps: int, stream=sys.stdout, every_s: float = 1.0):
         self._board = board
