@@ -50,21 +50,26 @@ class Clipper:
         agc (the other policies clip the global norm, head included)."""
         parameters = [p for p in parameters if p.grad is not None]
         grads = [p.grad for p in parameters]
-        before = _global_norm(grads)
+        total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        before = total.item()
         threshold = self.threshold
-        if self.policy == "norm":
-            torch.nn.utils.clip_grad_norm_(parameters, threshold)
-        elif self.policy == "value":
-            torch.nn.utils.clip_grad_value_(parameters, threshold)
-        elif self.policy == "autoclip":
+        if self.policy == "none":
+            return ClipResult(before, before, False, threshold)
+        if self.policy == "autoclip":
             if np.isfinite(before):  # a diverged step must not poison the percentile
                 self.history.append(before)
             threshold = float(np.percentile(self.history or [0.0], self.threshold))
-            torch.nn.utils.clip_grad_norm_(parameters, threshold)
+        if self.policy in ("norm", "autoclip"):
+            # The norm is known: scale by it instead of letting torch measure it again.
+            torch.nn.utils.clip_grads_with_norm_(parameters, threshold, total)
+            return ClipResult(before, before * min(1.0, threshold / (before + 1e-6)),
+                              before > threshold, threshold)
+        if self.policy == "value":
+            torch.nn.utils.clip_grad_value_(parameters, threshold)
         elif self.policy == "agc":
             exempt = {id(p) for p in head}
             adaptive_clip_([p for p in parameters if id(p) not in exempt], threshold)
-        after = _global_norm(grads) if self.policy != "none" else before
+        after = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
         return ClipResult(before, after, after < before, threshold)
 
     @property
@@ -100,6 +105,3 @@ def _unit_norms(tensor: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, tensor.ndim))
     return torch.linalg.vector_norm(tensor, dim=dims, keepdim=True)
 
-
-def _global_norm(grads: list[torch.Tensor]) -> float:
-    return torch.nn.utils.get_total_norm(grads).item() if grads else 0.0

@@ -81,8 +81,7 @@ def task_info(config: Config) -> TaskInfo:
         info = read_task_info(root / "train", config.task.num_classes or None)
         read_task_info(root / "val", config.task.num_classes or None)
         return info
-    task = make_task(config.task.name, config.task.seq_len)
-    return TaskInfo(task.kind, task.input_size, task.output_size, task.baseline)
+    return TaskInfo.of(make_task(config.task.name, config.task.seq_len))
 
 
 def data_difficulty(config: Config) -> list[int]:
@@ -112,7 +111,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     tracking.set_verbosity(verbose)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     uri = config.tracking.uri
-    run_id, resumed = tracking.open_run(
+    run_id, experiment_id, resumed = tracking.open_run(
         uri, config.tracking.experiment, config.run.name, config.flat(), config.to_yaml(),
         tags={"ray.job_id": ray.get_runtime_context().get_job_id()},
     )
@@ -134,7 +133,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     tracking.finish_run(uri, run_id, "FINISHED")
     return Outcome(
         run_name=config.run.name, run_id=run_id,
-        experiment_id=tracking.experiment_id_of(uri, run_id), resumed=resumed,
+        experiment_id=experiment_id, resumed=resumed,
         final=dict(result.metrics or {}), baseline=info.baseline, run_path=str(result.path),
         best_checkpoint=best.path, seconds=time.monotonic() - started,
     )

@@ -52,8 +52,9 @@ def ui_command(uri: str, experiment_id: str, run_id: str) -> str:
 
 
 def open_run(uri: str, experiment: str, run_name: str, params: dict, config_yaml: str,
-             tags: dict[str, str]) -> tuple[str, bool]:
-    """Find the run named `run_name` in `experiment`, or create it. Returns (run_id, resumed).
+             tags: dict[str, str]) -> tuple[str, str, bool]:
+    """Find the run named `run_name` in `experiment`, or create it.
+    Returns (run_id, experiment_id, resumed).
 
     A run started again under the same name (a resume) keeps its MLflow run: params are
     immutable there, so they are logged only when the run is created.
@@ -66,7 +67,7 @@ def open_run(uri: str, experiment: str, run_name: str, params: dict, config_yaml
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return run_id, True
+        return run_id, experiment_id, True
     run = client.create_run(
         experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **_git_tags(), **tags}
     )
@@ -75,11 +76,7 @@ def open_run(uri: str, experiment: str, run_name: str, params: dict, config_yaml
         Param(key, str(value)) for key, value in params.items()
     ])
     client.log_text(run_id, config_yaml, "config.yaml")
-    return run_id, False
-
-
-def experiment_id_of(uri: str, run_id: str) -> str:
-    return MlflowClient(uri).get_run(run_id).info.experiment_id
+    return run_id, experiment_id, False
 
 
 def finish_run(uri: str, run_id: str, status: str) -> None:

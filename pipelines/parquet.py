@@ -44,6 +44,10 @@ class TaskInfo:
     output_size: int
     baseline: float | None = None
 
+    @classmethod
+    def of(cls, task: SyntheticTask) -> TaskInfo:
+        return cls(task.kind, task.input_size, task.output_size, task.baseline)
+
 
 def write_dataset(task: SyntheticTask, out_dir: str | Path, rows: int, val_rows: int, seed: int,
                   rows_per_file: int = 4096) -> None:
@@ -58,7 +62,7 @@ def write_dataset(task: SyntheticTask, out_dir: str | Path, rows: int, val_rows:
         if value < 1:
             raise ValueError(f"write_dataset: {name} must be >= 1, got {value}.")
     root = _new_output_dir(Path(out_dir))
-    metadata = {METADATA_KEY: json.dumps({"task": task.name, **asdict(_task_info(task))})}
+    metadata = {METADATA_KEY: json.dumps({"task": task.name, **asdict(TaskInfo.of(task))})}
     for part, start in enumerate(range(0, rows, rows_per_file)):
         batch = task.generate(rng_for(seed, 0, part), min(rows_per_file, rows - start))
         _write_part(root / "train", part, batch, metadata)
@@ -66,10 +70,6 @@ def write_dataset(task: SyntheticTask, out_dir: str | Path, rows: int, val_rows:
     for part, start in enumerate(range(0, val_rows, rows_per_file)):
         rows_slice = {key: array[start:start + rows_per_file] for key, array in val.items()}
         _write_part(root / "val", part, rows_slice, metadata)
-
-
-def _task_info(task: SyntheticTask) -> TaskInfo:
-    return TaskInfo(task.kind, task.input_size, task.output_size, task.baseline)
 
 
 def _new_output_dir(out_dir: Path) -> Path:

@@ -40,8 +40,15 @@ def only_run(workdir: Path):
     return client, runs[0].info.run_id
 
 
+# A curriculum whose level rises by 2 at every validation (the threshold always passes),
+# so a resume that forgot its level would start again at 4.
+CURRICULUM = ["curriculum.schedule=naive", "curriculum.start=4", "curriculum.increment=2",
+              "curriculum.threshold=10"]
+
+
 def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env, workdir):
-    first = subprocess.Popen([RNN_ORCH, "train", CONFIG, *ARGS], env=cli_env,
+    args = [*ARGS, *CURRICULUM]
+    first = subprocess.Popen([RNN_ORCH, "train", CONFIG, *args], env=cli_env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_checkpoint(workdir / "runs" / "resume-me", first, timeout_s=180)
     first.send_signal(signal.SIGINT)
@@ -52,7 +59,7 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env,
     assert 0 < last_checkpoint < 3000
 
     end = last_checkpoint + 40
-    second = subprocess.run([RNN_ORCH, "train", CONFIG, *ARGS, f"train.steps={end}"],
+    second = subprocess.run([RNN_ORCH, "train", CONFIG, *args, f"train.steps={end}"],
                             env=cli_env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "(resumed)" in second.stdout
@@ -60,6 +67,9 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env,
     client, run_id = only_run(workdir)
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
     assert len(resumed) == 1 and 0 < resumed[0] <= last_checkpoint and resumed[0] % 20 == 0
+    start = int(resumed[0])
+    levels = {m.step: m.value for m in client.get_metric_history(run_id, "curriculum_level")}
+    assert levels[start + 1] == min(20, 4 + 2 * (start // 20))  # the level it had reached
     val_steps = {m.step for m in client.get_metric_history(run_id, "val_loss")}
     assert end in val_steps
     assert client.get_run(run_id).info.status == "FINISHED"

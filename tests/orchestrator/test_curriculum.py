@@ -87,18 +87,14 @@ def test_ramp_levels_are_on_the_grid(schedule, level_of, ramp):
 
 
 @pytest.mark.parametrize("ramp", RAMPS, ids=str)
-def test_linear_is_start_plus_the_range_times_progress_rounded_down(ramp):
-    plan = ramp_plan("linear", *ramp)
-    wrong = [(step, linear_level(step, plan), exact_linear(step, plan)) for step in steps_of(plan)
-             if linear_level(step, plan) != exact_linear(step, plan)]
-    assert not wrong, f"(step, level, exact level): {wrong[:5]}"
-
-
-@pytest.mark.parametrize("ramp", RAMPS, ids=str)
-def test_root_is_start_plus_the_range_times_sqrt_progress_rounded_down(ramp):
-    plan = ramp_plan("root", *ramp)
-    wrong = [(step, root_level(step, plan), exact_root(step, plan)) for step in steps_of(plan)
-             if root_level(step, plan) != exact_root(step, plan)]
+@pytest.mark.parametrize(("schedule", "level_of", "exact"), [
+    ("linear", linear_level, exact_linear),  # start + range * progress, rounded down
+    ("root", root_level, exact_root),  # start + range * sqrt(progress), rounded down
+])
+def test_ramp_levels_equal_the_exact_formula(schedule, level_of, exact, ramp):
+    plan = ramp_plan(schedule, *ramp)
+    wrong = [(step, level_of(step, plan), exact(step, plan)) for step in steps_of(plan)
+             if level_of(step, plan) != exact(step, plan)]
     assert not wrong, f"(step, level, exact level): {wrong[:5]}"
 
 
