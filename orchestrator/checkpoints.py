@@ -10,6 +10,7 @@ model. Ray moves the directory to storage; this module only knows directories.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,13 @@ def load_model(directory: str | Path) -> SequenceModel:
     model = build_model(ModelSpec(**state["spec"]))
     model.load_state_dict(state["model"])
     return model
+
+
+def weights_digest(directory: str | Path) -> str:
+    """A short fingerprint of a checkpoint's weights: equal digests mean equal weights, so
+    a sweep can show which trial's weights another trial took over."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load(directory)["model"].items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]

@@ -1,9 +1,11 @@
 """`rnn-orch`: the command line.
 
     rnn-orch train configs/adding.yaml model.cell=gru train.steps=500
+    rnn-orch tune configs/sweeps/adding_stability.yaml [--resume]
     rnn-orch data make adding --rows 20000 --out data/adding
 
-Exit codes: 0 success, 2 bad input (config, overrides, data), 1 training failed.
+Exit codes: 0 success, 2 bad input (config, overrides, sweep file, data), 1 training
+failed, 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     train.set_defaults(run=_train)
 
+    sweep = commands.add_parser(
+        "tune", help="run a hyperparameter sweep with Ray Tune",
+        description="Run the sweep SWEEP_FILE describes (see configs/sweeps/): one Ray Train "
+                    "run per trial, one MLflow run per trial under the sweep's parent run.",
+    )
+    sweep.add_argument("sweep_file", help="sweep YAML file (see configs/sweeps/)")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep; finished trials are not repeated")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    sweep.set_defaults(run=_tune)
+
     data = commands.add_parser("data", help="prepare datasets")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")
     make = data_commands.add_parser(
@@ -82,6 +95,30 @@ def _train(args: argparse.Namespace) -> int:
               f"{resume_command(args.config, config.run.name)}", flush=True)
         return EXIT_INTERRUPTED
     print(summary(outcome, args.config, config))
+    return EXIT_OK
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from orchestrator.sweep_file import load_sweep
+
+    sweep = load_sweep(args.sweep_file)
+    # Ray is imported only now, as for `train`: a bad sweep file answers at once.
+    from orchestrator import driver
+    from orchestrator import sweep as sweeps
+
+    print(f"rnn-orch: sweep {sweep.name}: {', '.join(sweep.searched_keys())} by "
+          f"{sweep.algorithm} search, {sweep.scheduler.name} scheduler, best {sweep.metric} "
+          f"({sweep.mode}){' (resuming)' if args.resume else ''}", flush=True)
+    try:
+        outcome = sweeps.run(sweep, dict(os.environ), resume=args.resume, verbose=args.verbose)
+    except driver.TrainingFailed as exc:
+        print(f"rnn-orch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\nrnn-orch: sweep interrupted; continue it with: rnn-orch tune "
+              f"{args.sweep_file} --resume", flush=True)
+        return EXIT_INTERRUPTED
+    print(sweeps.summary(outcome, sweep))
     return EXIT_OK
 
 

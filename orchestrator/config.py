@@ -284,10 +284,20 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    return with_values(config, dict(_parse_override(item) for item in overrides))
+
+
+def with_values(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with dotted keys set to plain values (`{"model.cell": "gru"}`), validated."""
     data = config.to_dict()
-    for item in overrides:
-        _set_dotted(data, *_parse_override(item))
+    for key, value in values.items():
+        _set_dotted(data, key, value)
     return Config.from_dict(data)
+
+
+def key_names() -> tuple[str, ...]:
+    """Every dotted config key, in `--help` order."""
+    return tuple(key for key, _, _ in describe_keys())
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -116,9 +116,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         tags={"ray.job_id": ray.get_runtime_context().get_job_id()},
     )
     board = ProgressBoard.remote()
-    loop_config = {"config": config.to_dict(), "task": dataclasses.asdict(info),
-                   "difficulty_quantiles": quantiles, "run_id": run_id, "tracking_uri": uri,
-                   "board": board}
+    loop_config = make_loop_config(config, info, quantiles, run_id, board)
     try:
         with ProgressPrinter(board, config.train.steps, stream):
             result = make_trainer(config, loop_config, verbose).fit()
@@ -139,9 +137,20 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     )
 
 
-def make_trainer(config: Config, loop_config: dict, verbose: bool) -> TorchTrainer:
+def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_id: str,
+                     board=None, init_checkpoint: ray.train.Checkpoint | None = None) -> dict:
+    """What every worker's loop receives, as plain values (see `train_loop_per_worker`)."""
+    return {"config": config.to_dict(), "task": dataclasses.asdict(info),
+            "difficulty_quantiles": quantiles, "run_id": run_id,
+            "tracking_uri": config.tracking.uri, "board": board,
+            "init_checkpoint": init_checkpoint}
+
+
+def make_trainer(config: Config, loop_config: dict, verbose: bool,
+                 callbacks: list | None = None) -> TorchTrainer:
     """The Ray Train run: its name and storage make a restart a resume; checkpoints are
-    ranked by val_loss (the latest is always kept too)."""
+    ranked by val_loss (the latest is always kept too). A sweep's trial adds Tune's
+    report callback."""
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -156,6 +165,7 @@ def make_trainer(config: Config, loop_config: dict, verbose: bool) -> TorchTrain
                 checkpoint_score_order="min",
             ),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            callbacks=callbacks,
         ),
         datasets=parquet_datasets(config) if config.task.name == "parquet" else None,
     )

@@ -21,6 +21,9 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_NAME_TAG = "rnn_orch.run_name"
+MODEL_URI_TAG = "rnn_orch.model_uri"
+PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow's UI nest a trial under its sweep
+TRIAL_TAG = "rnn_orch.trial_id"
 _BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -84,8 +87,9 @@ def finish_run(uri: str, run_id: str, status: str) -> None:
     MlflowClient(uri).set_terminated(run_id, status=status)
 
 
-def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> None:
+def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> str:
     """Log the final model with MLflow's PyTorch flavour, and the best checkpoint's files.
+    Returns the model's URI, also kept as the run's `rnn_orch.model_uri` tag.
 
     The `models` package travels with the model (`code_paths`), so
     `mlflow.pytorch.load_model` works where rnn-orch is not installed.
@@ -94,7 +98,7 @@ def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> None:
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model.cpu().eval(),
             name="model",
             code_paths=[str(Path(models.__file__).parent)],
@@ -103,6 +107,37 @@ def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> None:
         )
         if checkpoint_dir:
             mlflow.log_artifacts(checkpoint_dir, "best_checkpoint")
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def child_runs(uri: str, parent_run_id: str) -> dict[str, dict]:
+    """The runs under a sweep's parent run, by trial id: run id, status, model URI."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    return {run.data.tags.get(TRIAL_TAG, run.info.run_id): {
+        "run_id": run.info.run_id, "status": run.info.status,
+        "model_uri": run.data.tags.get(MODEL_URI_TAG)} for run in runs}
+
+
+def record(uri: str, run_id: str, metrics: dict[str, float] | None = None,
+           tags: dict[str, str] | None = None, artifacts: str | None = None) -> None:
+    """Write summary figures, tags and a directory of files (plots, tables) to a run."""
+    client = MlflowClient(uri)
+    now_ms = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms, 0)
+                                      for k, v in (metrics or {}).items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    if artifacts:
+        client.log_artifacts(run_id, artifacts)
+
+
+def register_model(uri: str, model_uri: str, name: str) -> str:
+    """Register a logged model under `name` in the model registry; returns its version."""
+    mlflow.set_tracking_uri(uri)
+    return mlflow.register_model(model_uri, name).version
 
 
 class MetricLogger:

@@ -62,11 +62,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   ray.train.torch.get_device())  # [ray]
     spec = model_spec(config, info)
 
-    state = restored_state()
+    state, own = restored_state(loop_config.get("init_checkpoint"))
     model, optimizer = build_model_and_optimizer(config, spec, state, place)
     restore_rng(config.seed, state, place)
     curriculum = make_curriculum(config, state, loop_config["difficulty_quantiles"])
     clipper = make_clipper(config, state)
+    if state and not own:
+        adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
@@ -74,7 +76,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = state["step"] if state else 0
     snapshot = take_snapshot(step, model, optimizer) if guard else None
     level = curriculum.level
-    if recorder and state:
+    if recorder and own:
         recorder.resumed(step)
     while step < config.train.steps:
         step += 1
@@ -100,11 +102,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             validation |= advance_curriculum(curriculum, model, batches, info.kind, place)
             if recorder:
                 recorder.validation(step, validation)
+            parts = None
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
                 parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
                          "guard": guard.state_dict() if guard else {}}
-                save_and_report(step, {**figures, **validation}, model, optimizer, spec,
-                                parts, config, place)
+            report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
+                   place)
     if recorder:
         recorder.close()
 
@@ -117,13 +120,31 @@ def model_spec(config: Config, info: TaskInfo) -> ModelSpec:
     )
 
 
-def restored_state() -> dict[str, Any] | None:
-    """The state of the latest checkpoint when this run is a resume or a restart."""
-    checkpoint = ray.train.get_checkpoint()  # [ray]
+def restored_state(init_checkpoint: ray.train.Checkpoint | None,
+                   ) -> tuple[dict[str, Any] | None, bool]:
+    """The state to start from, and whether it is this run's own.
+
+    A resume or a restart continues the run's own latest checkpoint exactly, learning
+    rate and clip threshold included (the guard may have lowered them). Otherwise an
+    `init_checkpoint` (population-based training copying a better trial) gives
+    the weights, optimizer moments, step and curriculum, and the config's hyperparameters
+    win over the saved ones: they are what the copy was given to explore.
+    """
+    own = ray.train.get_checkpoint()  # [ray]
+    checkpoint = own or init_checkpoint
     if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return checkpoints.load(directory)
+        return None, False
+    with checkpoint.as_directory() as directory:  # [ray] local, or fetched from storage
+        return checkpoints.load(directory), own is not None
+
+
+def adopt_hyperparameters(config: Config, optimizer: torch.optim.Optimizer,
+                          clipper: Clipper) -> None:
+    """Put the config's learning rate, weight decay and clip threshold over restored ones."""
+    for group in optimizer.param_groups:
+        group["lr"] = config.optim.lr
+        group["weight_decay"] = config.optim.weight_decay
+    clipper.threshold = config.clip.threshold
 
 
 def build_model_and_optimizer(config: Config, spec: ModelSpec, state: dict | None,
@@ -304,15 +325,20 @@ def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
     return objectives.summarize(kind, sums)
 
 
-def save_and_report(step: int, figures: dict[str, float], model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, spec: ModelSpec,
-                    parts: dict[str, dict], config: Config, place: Place) -> None:
-    """Every rank reports (it is a barrier); rank 0 alone writes the checkpoint."""
-    rng_states = gather_rng_states(place)
+def report(step: int, figures: dict[str, float], model: torch.nn.Module,
+           optimizer: torch.optim.Optimizer, spec: ModelSpec, parts: dict[str, dict] | None,
+           config: Config, place: Place) -> None:
+    """Report a validation to Ray, with a checkpoint when `parts` (the loop helpers' states)
+    are given. Every rank reports (it is a barrier); rank 0 alone writes the checkpoint.
+
+    Reports come only at validations: each one costs a round trip to Ray's controller,
+    and it is what a sweep's scheduler (ASHA) decides on.
+    """
     metrics = {key: figures[key] for key in figures if key not in ("clipped", "tokens")}
+    rng_states = gather_rng_states(place) if parts is not None else []
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
-        if place.rank == 0:
+        if place.rank == 0 and parts is not None:
             checkpoints.save(directory, model=unwrap(model), optimizer=optimizer, step=step,
                              spec=spec, rng_states=rng_states, parts=parts,
                              config_yaml=config.to_yaml())
@@ -367,7 +393,9 @@ class Recorder:
             self._progress.note(f"step {step}: {cause}: {action}")
 
     def validation(self, step: int, figures: dict[str, float]) -> None:
+        """Sent at once: a sweep's scheduler may stop the trial right after this report."""
         self._logger.log(step, figures)
+        self._logger.flush()
         if self._progress:
             self._progress.post({"step": step, "val_step": step, **figures}, force=True)
         self._last_time = time.perf_counter()  # validation time is not training throughput

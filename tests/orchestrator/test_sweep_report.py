@@ -1,0 +1,56 @@
+"""The ranked table and plots of a finished sweep, and the sweep file turned into Tune's
+search space (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import math
+
+from ray import tune
+
+from orchestrator.sweep import to_tune
+from orchestrator.sweep_file import Draw
+from orchestrator.sweep_report import TrialRow, markdown_table, ranked, status_of, write_report
+from tests.orchestrator.test_sweep_file import GOOD, write
+
+
+def row(trial, score, status="completed", cell="lstm"):
+    return TrialRow(trial=trial, status=status, values={"model.cell": cell}, step=100,
+                    score=score, curve=((50, score * 2), (100, score)))
+
+
+def test_ranked_puts_the_best_first_and_unscored_trials_last():
+    rows = [row("a", 0.3), row("b", math.nan, "error"), row("c", 0.1)]
+    assert [r.trial for r in ranked(rows, "min")] == ["c", "a", "b"]
+    assert [r.trial for r in ranked(rows, "max")] == ["a", "c", "b"]
+
+
+def test_status_tells_completed_from_stopped_and_failed():
+    assert status_of(False, 200, 200) == "completed"
+    assert status_of(False, 50, 200) == "stopped early"
+    assert status_of(True, 200, 200) == "error"
+
+
+def test_report_writes_the_table_and_plots(tmp_path):
+    from orchestrator.sweep_file import load_sweep
+
+    sweep = load_sweep(write(tmp_path, GOOD))
+    rows = ranked([row("t1", 0.2, cell="gru"), row("t0", 0.05, "stopped early")], "min")
+    summary = write_report(rows, sweep, tmp_path / "report")
+    table = summary.read_text()
+    assert table.index("| 1 | t0 | stopped early |") < table.index("| 2 | t1 | completed |")
+    header = markdown_table(rows, sweep).splitlines()[0]
+    assert all(key in header for key in sweep.searched_keys())
+    plots = tmp_path / "report" / "plots"
+    assert (plots / "val_loss_by_key.png").stat().st_size > 1000
+    assert (plots / "learning_curves.png").stat().st_size > 1000
+
+
+def test_draws_become_tune_domains():
+    assert to_tune(Draw("grid", ("a", "b")), "random") == {"grid_search": ["a", "b"]}
+    assert to_tune(Draw("choice", ("a", "b")), "grid") == {"grid_search": ["a", "b"]}
+    assert isinstance(to_tune(Draw("choice", ("a", "b")), "random"), tune.search.sample.Categorical)
+    ints = to_tune(Draw("int", (8, 32)), "random")
+    assert (ints.lower, ints.upper) == (8, 33)  # the sweep file's high end is included
+    logs = to_tune(Draw("loguniform", (1e-4, 1e-2)), "random")
+    assert (logs.lower, logs.upper) == (1e-4, 1e-2)
+    assert all(1e-4 <= logs.sample() <= 1e-2 for _ in range(20))
