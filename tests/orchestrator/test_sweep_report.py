@@ -54,3 +54,27 @@ def test_draws_become_tune_domains():
     logs = to_tune(Draw("loguniform", (1e-4, 1e-2)), "random")
     assert (logs.lower, logs.upper) == (1e-4, 1e-2)
     assert all(1e-4 <= logs.sample() <= 1e-2 for _ in range(20))
+
+
+def test_optuna_searcher_suggests_values_inside_the_space(tmp_path):
+    from orchestrator.sweep import tune_config
+    from orchestrator.sweep_file import load_sweep
+
+    sweep = load_sweep(write(tmp_path, """
+        base: base.yaml
+        space:
+          optim.lr: {loguniform: [1e-4, 1e-2]}
+          model.cell: {choice: [lstm, gru]}
+          model.hidden_size: {int: [8, 32]}
+        search: {algorithm: optuna, num_samples: 4, max_concurrent_trials: 1}
+        metric: val_loss
+        mode: min
+        """))
+    searcher = tune_config(sweep, sweep.base).search_alg
+    space = {key: to_tune(draw, sweep.algorithm) for key, draw in sweep.space.items()}
+    assert searcher.set_search_properties("val_loss", "min", space)
+    for trial in range(4):
+        values = searcher.suggest(f"t{trial}")
+        assert 1e-4 <= values["optim.lr"] <= 1e-2
+        assert values["model.cell"] in ("lstm", "gru")
+        assert 8 <= values["model.hidden_size"] <= 32
