@@ -13,6 +13,7 @@ trials a scheduler stopped early, and registers the best trial's model.
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from orchestrator import checkpoints, driver, sweep_report, tracking
 from orchestrator.config import Config
 from orchestrator.sweep_file import Draw, Sweep, SweepError
 from orchestrator.sweep_report import TrialRow
-from orchestrator.trial import SweepContext, run_trial, trial_config
+from orchestrator.trial import SweepContext, run_trial
 
 TRAINABLE_CPU = 0.01  # the trainable only waits on its Train run; the workers hold CPUs
 STOPPED_TAG = "rnn_orch.stopped_early"
@@ -76,16 +77,12 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
             run_config=tune.RunConfig(name=sweep.name, storage_path=storage,
                                       verbose=2 if verbose else 1),
         )
-    results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results):
-        for child in tracking.child_runs(uri, parent_run_id).values():
-            if child["status"] == "RUNNING":
-                tracking.finish_run(uri, child["run_id"], "KILLED")
+    results, interrupted = fit_noting_interruption(tuner)
+    rows = sweep_report.ranked([trial_row(result, sweep) for result in results], sweep.mode)
+    close_trials(results, {row.trial: row for row in rows}, uri, parent_run_id, interrupted)
+    if interrupted:
         tracking.finish_run(uri, parent_run_id, "KILLED")
         raise KeyboardInterrupt
-    rows = sweep_report.ranked([trial_row(result, sweep, context) for result in results],
-                               sweep.mode)
-    close_trials(results, {row.trial: row for row in rows}, uri, parent_run_id)
     summary = sweep_report.write_report(rows, sweep, Path(results.experiment_path) / "report")
     registered = record_best(rows, sweep, uri, parent_run_id, summary.parent)
     tracking.finish_run(uri, parent_run_id, "FINISHED")
@@ -94,6 +91,21 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
                                     f"{summary} and the trials' errors in {path}.")
     return SweepOutcome(rows, parent_run_id, experiment_id, registered,
                         results.experiment_path, summary, uri)
+
+
+def fit_noting_interruption(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
+    """Run the sweep; also say whether Ctrl-C stopped it.
+
+    On Ctrl-C Tune stops gracefully, saves the sweep's state for `--resume`, and returns
+    as if it had finished, with the interrupted trials marked TERMINATED. What tells
+    the two apart is Tune's own SIGINT handler: it stays installed after a normal end,
+    and puts back the handler it replaced when a Ctrl-C arrives.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    results = tuner.fit()
+    interrupted = signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)
+    return results, interrupted
 
 
 def _check_resumable(path: str, resume: bool, sweep: Sweep) -> None:
@@ -178,11 +190,11 @@ def concurrent_trials(base: Config) -> int:
     return max(fits, 1)
 
 
-def trial_row(result, sweep: Sweep, context: SweepContext) -> TrialRow:
+def trial_row(result, sweep: Sweep) -> TrialRow:
     trial = Path(result.path).name
     metrics = result.metrics or {}
-    values = {key: result.config.get(key) for key in sweep.searched_keys()}
-    steps = trial_config(context, values, trial).train.steps
+    values = {key: (result.config or {}).get(key) for key in sweep.searched_keys()}
+    steps = values.get("train.steps") or sweep.base.train.steps
     step = int(metrics.get("step", 0))
     frame = result.metrics_dataframe
     curve = ()
@@ -195,11 +207,13 @@ def trial_row(result, sweep: Sweep, context: SweepContext) -> TrialRow:
                     curve=curve)
 
 
-def close_trials(results, rows: dict[str, TrialRow], uri: str, parent_run_id: str) -> None:
+def close_trials(results, rows: dict[str, TrialRow], uri: str, parent_run_id: str,
+                 interrupted: bool) -> None:
     """Log each completed trial's model and close every trial's MLflow run.
 
     The driver does it, not the trial: a scheduler may stop a trial at any report, its
-    last included, and a stopped trial cannot log anything. Runs closed by an earlier
+    last included, and a stopped trial cannot log anything. After a Ctrl-C the trials
+    that did not complete are KILLED (a resume reopens them); runs closed by an earlier
     part of a resumed sweep are left as they are.
     """
     children = tracking.child_runs(uri, parent_run_id)
@@ -215,6 +229,8 @@ def close_trials(results, rows: dict[str, TrialRow], uri: str, parent_run_id: st
                 tracking.log_model(uri, child["run_id"], checkpoints.load_model(directory),
                                    directory)
             tracking.finish_run(uri, child["run_id"], "FINISHED")
+        elif interrupted:
+            tracking.finish_run(uri, child["run_id"], "KILLED")
         elif row.status == "stopped early":
             tracking.record(uri, child["run_id"], tags={STOPPED_TAG: "true"})
             tracking.finish_run(uri, child["run_id"], "KILLED")

@@ -32,9 +32,12 @@ def ray_address():
     import ray
 
     port = _free_port()
+    # The dashboard stays on: Ray Train's placement-group cleaner asks its state API
+    # whether a stopped trial's controller is gone; without it a sweep's early-stopped
+    # trials would hold their workers' CPUs for ever.
     subprocess.run(
         [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+         f"--dashboard-port={_free_port()}", "--num-cpus=2", "--disable-usage-stats"],
         check=True, capture_output=True,
     )
     address = f"127.0.0.1:{port}"
