@@ -23,15 +23,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Cells with the LSTM's gates in torch's order, whose forget gate starts biased to 1.
+LSTM_CELLS = frozenset({"lstm", "ln_lstm", "bn_lstm"})
+
 
 @torch.no_grad()
 def initialize_recurrent(rnn: nn.Module, cell: str) -> None:
-    """Initialise a fused torch RNN/LSTM/GRU built by ``build_recurrent`` in place.
+    """Initialise a recurrent stack built by ``build_recurrent`` in place.
 
     torch stacks the gates of a layer along the rows of ``weight_ih_l{k}``,
     ``weight_hh_l{k}`` and the biases, H rows each, LSTM in the order
     (input, forget, cell, output). The effective bias is ``bias_ih + bias_hh``; the
-    forget-gate 1 goes into ``bias_ih`` only.
+    forget-gate 1 goes into ``bias_ih`` only. The custom cells keep that layout, so the
+    same rules apply to them; their normalisation gains and shifts (``norm_*``) keep the
+    values their modules start them at.
     """
     hidden = rnn.hidden_size
     for name, param in rnn.named_parameters():
@@ -46,5 +51,5 @@ def initialize_recurrent(rnn: nn.Module, cell: str) -> None:
                 nn.init.xavier_uniform_(block)
         elif name.startswith("bias"):
             nn.init.zeros_(param)
-            if cell == "lstm" and name.startswith("bias_ih"):
+            if cell in LSTM_CELLS and name.startswith("bias_ih"):
                 nn.init.ones_(param.split(hidden)[1])

@@ -72,19 +72,32 @@ class ModelConfig:
     cell: str = _key("lstm", "recurrent cell", CELL_NAMES)
     hidden_size: int = _key(128, "units per recurrent layer")
     num_layers: int = _key(1, "stacked recurrent layers")
-    dropout: float = _key(0.0, "dropout between stacked layers (needs num_layers > 1)")
+    dropout: float = _key(
+        0.0, "dropout between stacked layers, a fresh mask every step as in torch "
+        "(needs num_layers > 1)")
+    input_dropout: float = _key(0.0, "dropout on the inputs to the recurrent stack")
+    output_dropout: float = _key(0.0, "dropout on the top layer's outputs, before the head")
+    variational: bool = _key(
+        False, "input_dropout and output_dropout keep one mask per sequence for all its "
+        "steps (Gal & Ghahramani 2016); model.dropout is unaffected")
+    weight_drop: float = _key(
+        0.0, "DropConnect on the recurrent weights weight_hh during training (AWD-LSTM)")
 
     def __post_init__(self) -> None:
         _positive(self, "hidden_size", "num_layers")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("dropout", "input_dropout", "output_dropout", "weight_drop"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ConfigError(f"model.{name} is a rate: it must be in [0, 1), got {rate}.")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = _key("adam", "optimizer", OPTIMIZERS)
     lr: float = _key(1e-3, "learning rate")
-    weight_decay: float = _key(0.0, "weight decay (decoupled for adamw)")
+    weight_decay: float = _key(
+        0.0, "weight decay against overfitting: decoupled from the gradient for adamw, "
+        "an L2 term added to the gradient for adam, sgd and rmsprop")
     momentum: float = _key(0.9, "momentum for sgd and rmsprop")
 
     def __post_init__(self) -> None:

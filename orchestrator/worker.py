@@ -113,10 +113,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def model_spec(config: Config, info: TaskInfo) -> ModelSpec:
+    m = config.model
     return ModelSpec(
-        cell=config.model.cell, input_size=info.input_size,
-        hidden_size=config.model.hidden_size, num_layers=config.model.num_layers,
-        dropout=config.model.dropout, head=info.kind, output_size=info.output_size,
+        cell=m.cell, input_size=info.input_size, hidden_size=m.hidden_size,
+        num_layers=m.num_layers, dropout=m.dropout, head=info.kind,
+        output_size=info.output_size, input_dropout=m.input_dropout,
+        output_dropout=m.output_dropout, variational=m.variational, weight_drop=m.weight_drop,
     )
 
 

@@ -11,11 +11,11 @@ FUSED = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def test_cell_names_are_the_registry():
-    assert CELL_NAMES == ("rnn_tanh", "rnn_relu", "lstm", "gru")
+    assert CELL_NAMES == ("rnn_tanh", "rnn_relu", "lstm", "gru", "ln_lstm", "ln_gru", "bn_lstm")
     assert CELL_NAMES == tuple(CELLS)
 
 
-@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("cell", FUSED)
 def test_builds_fused_batch_first_module(cell):
     rnn = build_recurrent(cell, input_size=3, hidden_size=5, num_layers=2, dropout=0.25)
     assert type(rnn) is FUSED[cell]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -102,3 +103,69 @@ def test_cuda_matches_cpu(cell):
         expected = model(inputs, lengths)
         got = model.cuda()(inputs.cuda(), lengths)  # lengths may stay on the CPU
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+NEW_CELLS = ("ln_lstm", "ln_gru", "bn_lstm")
+
+
+def tiny_regression_task():
+    """Predict the mean of feature 0 over the sequence: needs memory of every step."""
+    torch.manual_seed(4)
+    inputs = torch.randn(32, 10, FEATURES)
+    return inputs, inputs[:, :, :1].mean(dim=1)
+
+
+def eval_loss(model, inputs, targets):
+    model.eval()
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(model(inputs), targets).item()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation, which on a busy
+    2-core machine made these loops ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("regularized", [False, True])
+@pytest.mark.parametrize("cell", NEW_CELLS)
+def test_new_cells_learn_a_tiny_task(cell, regularized, one_thread):
+    torch.manual_seed(0)
+    regularization = ({"input_dropout": 0.1, "output_dropout": 0.1, "variational": True,
+                       "weight_drop": 0.2} if regularized else {})
+    model = build_model(ModelSpec(cell, FEATURES, 16, 2, 0.1, "regression", 1,
+                                  **regularization))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    inputs, targets = tiny_regression_task()
+    before = eval_loss(model, inputs, targets)
+    for _ in range(40):
+        model.train()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert eval_loss(model, inputs, targets) < 0.3 * before
+
+
+@pytest.mark.parametrize("cell", NEW_CELLS)
+def test_state_dict_round_trip_rebuilds_the_trained_model(cell):
+    torch.manual_seed(0)
+    original = spec(cell, "per_step", num_layers=2)
+    model = build_model(original).train()
+    inputs, lengths = batch()
+    model(inputs, lengths).square().mean().backward()  # bn_lstm: statistics for 6 steps
+    buffer = io.BytesIO()
+    torch.save({"spec": dataclasses.asdict(original), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    torch.manual_seed(1)  # different initial weights: everything must come from the file
+    loaded = build_model(ModelSpec(**saved["spec"]))
+    loaded.load_state_dict(saved["model"])
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs, lengths), model(inputs, lengths),
+                                   atol=0, rtol=0)

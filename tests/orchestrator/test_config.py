@@ -236,3 +236,27 @@ def test_autoclip_threshold_is_a_percentile(tmp_path):
     message = error_of(tmp_path, overrides=["clip.policy=autoclip", "clip.threshold=150"])
     assert message.startswith("clip.threshold is a percentile")
     assert load_config(write(tmp_path, ""), ["clip.policy=agc", "clip.threshold=0.01"])
+
+
+def test_regularization_keys_default_off_and_override():
+    model = Config().model
+    assert (model.input_dropout, model.output_dropout, model.variational,
+            model.weight_drop) == (0.0, 0.0, False, 0.0)
+    model = apply_overrides(Config(), [
+        "model.input_dropout=0.1", "model.output_dropout=0.2", "model.variational=true",
+        "model.weight_drop=0.3", "model.cell=ln_lstm",
+    ]).model
+    assert (model.input_dropout, model.output_dropout, model.variational,
+            model.weight_drop, model.cell) == (0.1, 0.2, True, 0.3, "ln_lstm")
+
+
+@pytest.mark.parametrize("key", ["input_dropout", "output_dropout", "weight_drop"])
+@pytest.mark.parametrize("rate", ["1.0", "-0.1"])
+def test_regularization_rates_must_be_below_one(tmp_path, key, rate):
+    message = error_of(tmp_path, overrides=[f"model.{key}={rate}"])
+    assert message.startswith(f"model.{key} is a rate") and "[0, 1)" in message
+
+
+def test_variational_is_a_bool(tmp_path):
+    assert error_of(tmp_path, overrides=["model.variational=0.5"]).startswith(
+        "model.variational must be true or false")
