@@ -240,7 +240,7 @@ class Config:
         if curriculum.difficulty != "length":
             raise ConfigError(
                 f"curriculum.difficulty is {curriculum.difficulty!r}, but synthetic tasks "
-                "(task.name={self.task.name}) only know 'length'; a difficulty column is for "
+                f"(task.name={self.task.name}) only know 'length'; a difficulty column is for "
                 "task.name=parquet."
             )
         if self.task.name == "adding" and curriculum.start < 2:
