@@ -31,6 +31,7 @@ import yaml
 from models import CELL_NAMES
 from orchestrator.clipping import POLICIES as CLIP_POLICIES
 from orchestrator.curriculum import PROGRESS_DRIVEN, SCHEDULES
+from orchestrator.precision import PRECISIONS
 from pipelines.synthetic import TASK_NAMES
 
 
@@ -100,6 +101,9 @@ class TrainConfig:
     eval_every: int = _key(100, "steps between validations")
     checkpoint_every: int = _key(500, "steps between checkpoints (a multiple of eval_every)")
     keep_checkpoints: int = _key(2, "best checkpoints kept by val_loss (the latest is kept too)")
+    precision: str = _key(
+        "fp32", "fp32; bf16: autocast (CPU or GPU); fp16: autocast with loss scaling, needs "
+        "scaling.use_gpu", PRECISIONS)
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "eval_every", "checkpoint_every",
@@ -232,6 +236,14 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            raise ConfigError(
+                "train.precision=fp16 needs scaling.use_gpu=true: float16 autocast with loss "
+                "scaling is for GPUs; on CPUs use train.precision=bf16."
+            )
+        self._check_curriculum()
+
+    def _check_curriculum(self) -> None:
         curriculum = self.curriculum
         if curriculum.schedule == "none":
             return

@@ -32,6 +32,7 @@ from orchestrator.config import Config
 from orchestrator.curriculum import Curriculum, Plan
 from orchestrator.guard import DivergenceGuard, Verdict
 from orchestrator.optimizers import build_optimizer
+from orchestrator.precision import Precision
 from orchestrator.progress import ProgressPoster
 from orchestrator.tracking import MetricLogger
 from pipelines.parquet import TaskInfo
@@ -68,6 +69,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     curriculum = make_curriculum(config, state, loop_config["difficulty_quantiles"])
     clipper = make_clipper(config, state)
     guard = make_guard(config, state)
+    precision = make_precision(config, state, place)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
 
@@ -81,15 +83,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         level, previous = curriculum.at_step(step), level
         if guard and level != previous:
             guard.forget_losses()
-        batch = batches.train_batch(step, curriculum)
-        figures = forward_backward_clip(model, optimizer, batch, clipper, info.kind, place)
-        verdict = guard.judge(figures["train_loss"], figures["grad_norm"]) if guard else None
+        batch = to_device(batches.train_batch(step, curriculum), place.device)
+        figures = forward_backward(model, optimizer, batch, precision, info.kind, place)
+        figures |= clip_gradients(model, clipper) | precision.figures()
+        verdict = judge(guard, precision, figures)
         if verdict and verdict.cause:
             action = recover(verdict, model, optimizer, clipper, snapshot, config)
+            precision.skip()
             if recorder:
                 recorder.incident(step, verdict.cause, action, guard)
         else:
-            optimizer.step()
+            precision.step(optimizer)
             if guard and step % config.guard.snapshot_every == 0:
                 snapshot = take_snapshot(step, model, optimizer)
         figures["curriculum_level"] = float(level)
@@ -102,7 +106,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 recorder.validation(step, validation)
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
                 parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
-                         "guard": guard.state_dict() if guard else {}}
+                         "guard": guard.state_dict() if guard else {},
+                         "precision": precision.state_dict()}
                 save_and_report(step, {**figures, **validation}, model, optimizer, spec,
                                 parts, config, place)
     if recorder:
@@ -224,6 +229,14 @@ def recover(verdict: Verdict, model: torch.nn.Module, optimizer: torch.optim.Opt
             f"(now {rates[0] * g.lr_factor:.3g}), clip.threshold x{g.clip_factor:g}")
 
 
+def make_precision(config: Config, state: dict | None, place: Place) -> Precision:
+    """The run's precision, with the loss scale its checkpoint kept (fp16)."""
+    precision = Precision(config.train.precision, place.device)
+    if state:  # checkpoints from before train.precision existed have no "precision" part
+        precision.load_state_dict(state["parts"].get("precision", {}))
+    return precision
+
+
 def make_batches(config: Config, info: TaskInfo, place: Place):
     if config.task.name == "parquet":
         return ShardBatches(
@@ -239,28 +252,41 @@ def make_batches(config: Config, info: TaskInfo, place: Place):
                             config.train.batch_size, config.task.val_size)
 
 
-def forward_backward_clip(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          batch: dict[str, torch.Tensor], clipper: Clipper, kind: str,
-                          place: Place) -> dict[str, float]:
-    """One step up to, not including, the optimizer's move (the guard decides that)."""
+def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     batch: dict[str, torch.Tensor], precision: Precision, kind: str,
+                     place: Place) -> dict[str, float]:
+    """Forward in the run's precision, the loss in float32, backward: leaves the true
+    (unscaled, all-reduced) gradients in `.grad`."""
     tokens = int(batch["lengths"].sum()) * place.world
-    batch = to_device(batch, place.device)
     model.train()
-    outputs = model(batch["inputs"], batch["lengths"])
-    loss = objectives.loss(kind, outputs, batch)
+    with precision.autocast():
+        outputs = model(batch["inputs"], batch["lengths"])
+    loss = objectives.loss(kind, outputs.float(), batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # DDP all-reduces the gradients here
+    precision.backward(loss, optimizer)  # DDP all-reduces the gradients here
+    return {"train_loss": mean_over_ranks(loss.detach()), "tokens": float(tokens)}
+
+
+def clip_gradients(model: torch.nn.Module, clipper: Clipper) -> dict[str, float]:
+    """Clip in place; the gradient norm before and after, and whether anything changed."""
     clip = clipper(model.parameters(), head=unwrap(model).head.parameters())
     figures = {
-        "train_loss": mean_over_ranks(loss.detach()),
         "grad_norm": clip.grad_norm,
         "grad_norm_clipped": clip.grad_norm_clipped,
         "clipped": float(clip.clipped),
-        "tokens": float(tokens),
     }
     if clipper.adaptive:
         figures["clip_threshold"] = clip.threshold
     return figures
+
+
+def judge(guard: DivergenceGuard | None, precision: Precision,
+          figures: dict[str, float]) -> Verdict | None:
+    """The guard's verdict on the step. None without a guard, and for a loss-scaler
+    overflow, which the scaler deals with itself (see `orchestrator.precision`)."""
+    if guard is None or precision.overflowed(figures["train_loss"], figures["grad_norm"]):
+        return None
+    return guard.judge(figures["train_loss"], figures["grad_norm"])
 
 
 def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, kind: str,
@@ -347,8 +373,9 @@ class Recorder:
             "tokens_per_s": figures["tokens"] / max(now - self._last_time, 1e-9),
             "curriculum_level": figures["curriculum_level"],
         }
-        if "clip_threshold" in figures:
-            metrics["clip_threshold"] = figures["clip_threshold"]
+        for optional in ("clip_threshold", "loss_scale"):
+            if optional in figures:
+                metrics[optional] = figures[optional]
         self._last_time = now
         self._logger.log(step, metrics)
         if self._progress:
