@@ -192,6 +192,19 @@ class CurriculumConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    every: int = _key(
+        0, "steps between gradient diagnostics on rank 0: per-layer and through-time gradient "
+        "norms, gate saturation, the heatmap artifact (0 = off, at no cost)")
+    rows: int = _key(8, "rows of the current batch the unrolled diagnostic pass runs on")
+
+    def __post_init__(self) -> None:
+        _positive(self, "rows")
+        if self.every < 0:
+            raise ConfigError(f"diagnostics.every must be >= 0 (0 = off), got {self.every}.")
+
+
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = _key(2, "Ray Train workers (0 runs the loop in the driver, no Ray workers)")
     use_gpu: bool = _key(False, "one GPU per worker")
@@ -231,6 +244,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -3,7 +3,8 @@
 It reads like a recipe:
 
     restore -> build -> for each step: level -> batch -> forward -> loss -> backward
-                                       -> clip -> guard -> step (or skip, or roll back)
+                                       -> (diagnose) -> clip -> guard
+                                       -> step (or skip, or roll back)
                                        -> record -> (validate -> curriculum -> checkpoint)
 
 Everything here is plain PyTorch except the lines marked `# [ray]`. The driver
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import ray.train  # [ray]
@@ -30,6 +32,7 @@ from orchestrator import checkpoints, objectives
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config
 from orchestrator.curriculum import Curriculum, Plan
+from orchestrator.diagnostics import Diagnostics
 from orchestrator.guard import DivergenceGuard, Verdict
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
@@ -72,6 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     precision = make_precision(config, state, place)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
+    diagnostics = make_diagnostics(config, info, state, place)
 
     step = state["step"] if state else 0
     snapshot = take_snapshot(step, model, optimizer) if guard else None
@@ -85,6 +89,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             guard.forget_losses()
         batch = to_device(batches.train_batch(step, curriculum), place.device)
         figures = forward_backward(model, optimizer, batch, precision, info.kind, place)
+        if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
+            recorder.diagnostics(step, diagnostics.measure(step, unwrap(model), batch))
         figures |= clip_gradients(model, clipper) | precision.figures()
         verdict = judge(guard, precision, figures)
         if verdict and verdict.cause:
@@ -105,9 +111,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if recorder:
                 recorder.validation(step, validation)
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+                if diagnostics and diagnostics.steps:
+                    recorder.diagnostic_files(diagnostics)
                 parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
                          "guard": guard.state_dict() if guard else {},
-                         "precision": precision.state_dict()}
+                         "precision": precision.state_dict(),
+                         "diagnostics": diagnostics.state_dict() if diagnostics else {}}
                 save_and_report(step, {**figures, **validation}, model, optimizer, spec,
                                 parts, config, place)
     if recorder:
@@ -235,6 +244,19 @@ def make_precision(config: Config, state: dict | None, place: Place) -> Precisio
     if state:  # checkpoints from before train.precision existed have no "precision" part
         precision.load_state_dict(state["parts"].get("precision", {}))
     return precision
+
+
+def make_diagnostics(config: Config, info: TaskInfo, state: dict | None,
+                     place: Place) -> Diagnostics | None:
+    """Rank 0's gradient diagnostics, with the heatmap rows its checkpoint kept. None on
+    other ranks and when diagnostics.every is 0: then they cost nothing."""
+    d = config.diagnostics
+    if not d.every or place.rank != 0:
+        return None
+    diagnostics = Diagnostics(d.every, d.rows, config.model.cell, info.kind)
+    if state and state["parts"].get("diagnostics"):
+        diagnostics.load_state_dict(state["parts"]["diagnostics"])
+    return diagnostics
 
 
 def make_batches(config: Config, info: TaskInfo, place: Place):
@@ -380,6 +402,16 @@ class Recorder:
         self._logger.log(step, metrics)
         if self._progress:
             self._progress.post({"step": step, **metrics})
+
+    def diagnostics(self, step: int, figures: dict[str, float]) -> None:
+        self._logger.log(step, figures)
+
+    def diagnostic_files(self, diagnostics: Diagnostics) -> None:
+        """Redraw the gradient-through-time heatmap and its matrix; upload both under
+        `diagnostics/`, replacing the previous drawing."""
+        with tempfile.TemporaryDirectory() as directory:
+            diagnostics.save(Path(directory))
+            self._logger.log_artifacts(directory, "diagnostics")
 
     def resumed(self, step: int) -> None:
         """A resume or a restart after a failure shows in MLflow as the step it restarted at."""

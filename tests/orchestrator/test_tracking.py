@@ -132,3 +132,15 @@ def test_metric_logger_splits_large_batches(store, run_id, monkeypatch, batches)
     assert batches == [7] * 5 + [5]
     assert history(client, run_id, "a") == [(step, float(step)) for step in range(20)]
     assert history(client, run_id, "b") == [(step, float(-step)) for step in range(20)]
+
+
+def test_metric_logger_uploads_files_and_a_redrawing_replaces_them(store, run_id, tmp_path):
+    uri, client = store
+    logger = MetricLogger(uri, run_id)
+    for version in ("first", "second"):
+        (tmp_path / "figure.png").write_text(version)
+        logger.log_artifacts(tmp_path, "diagnostics")
+    assert [a.path for a in client.list_artifacts(run_id, "diagnostics")] == [
+        "diagnostics/figure.png"]
+    local = client.download_artifacts(run_id, "diagnostics/figure.png", str(tmp_path / "back"))
+    assert open(local).read() == "second"
