@@ -59,9 +59,10 @@ class Diagnostics:
     def measure(self, step: int, model: torch.nn.Module,
                 batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """The figures of one step. Call after backward and before clipping, with the
-        unwrapped model and the step's batch (on the model's device)."""
+        unwrapped model and the step's batch."""
         figures = layer_grad_norms(model)
-        rows = {name: tensor[:self.rows] for name, tensor in batch.items()}
+        device = next(model.parameters()).device
+        rows = {name: tensor[:self.rows].to(device) for name, tensor in batch.items()}
         norms, saturation = through_time(model, self.cell, self.kind, rows)
         self.steps.append(step)
         self.norms.append(norms.tolist())
@@ -178,7 +179,8 @@ def save_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]]) ->
     for ax, (title, steps, _), log in zip(axes, panels, logs, strict=True):
         image = draw_heatmap(ax, steps, log, limits)
         ax.set_title(title)
-    figure.colorbar(image, ax=list(axes), label="log10 ||dL/dh_t||")
+    figure.colorbar(image, ax=list(axes),
+                    label=f"log10 ||dL/dh_t||  (0 drawn at {np.log10(DISPLAY_FLOOR):g})")
     figure.savefig(path, dpi=110)
 
 

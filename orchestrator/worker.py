@@ -87,7 +87,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         level, previous = curriculum.at_step(step), level
         if guard and level != previous:
             guard.forget_losses()
-        batch = to_device(batches.train_batch(step, curriculum), place.device)
+        batch = batches.train_batch(step, curriculum)
         figures = forward_backward(model, optimizer, batch, precision, info.kind, place)
         if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
             recorder.diagnostics(step, diagnostics.measure(step, unwrap(model), batch))
@@ -280,6 +280,7 @@ def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     """Forward in the run's precision, the loss in float32, backward: leaves the true
     (unscaled, all-reduced) gradients in `.grad`."""
     tokens = int(batch["lengths"].sum()) * place.world
+    batch = to_device(batch, place.device)
     model.train()
     with precision.autocast():
         outputs = model(batch["inputs"], batch["lengths"])
