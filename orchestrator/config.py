@@ -31,6 +31,7 @@ import yaml
 from models import CELL_NAMES
 from orchestrator.clipping import POLICIES as CLIP_POLICIES
 from orchestrator.curriculum import PROGRESS_DRIVEN, SCHEDULES
+from orchestrator.precision import PRECISIONS
 from pipelines.synthetic import TASK_NAMES
 
 
@@ -113,6 +114,9 @@ class TrainConfig:
     eval_every: int = _key(100, "steps between validations")
     checkpoint_every: int = _key(500, "steps between checkpoints (a multiple of eval_every)")
     keep_checkpoints: int = _key(2, "best checkpoints kept by val_loss (the latest is kept too)")
+    precision: str = _key(
+        "fp32", "fp32; bf16: autocast (CPU or GPU); fp16: autocast with loss scaling, needs "
+        "scaling.use_gpu", PRECISIONS)
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "eval_every", "checkpoint_every",
@@ -201,6 +205,19 @@ class CurriculumConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    every: int = _key(
+        0, "steps between gradient diagnostics on rank 0: per-layer and through-time gradient "
+        "norms, gate saturation, the heatmap artifact (0 = off, at no cost)")
+    rows: int = _key(8, "rows of the current batch the unrolled diagnostic pass runs on")
+
+    def __post_init__(self) -> None:
+        _positive(self, "rows")
+        if self.every < 0:
+            raise ConfigError(f"diagnostics.every must be >= 0 (0 = off), got {self.every}.")
+
+
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = _key(2, "Ray Train workers (0 runs the loop in the driver, no Ray workers)")
     use_gpu: bool = _key(False, "one GPU per worker")
@@ -240,11 +257,20 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            raise ConfigError(
+                "train.precision=fp16 needs scaling.use_gpu=true: float16 autocast with loss "
+                "scaling is for GPUs; on CPUs use train.precision=bf16."
+            )
+        self._check_curriculum()
+
+    def _check_curriculum(self) -> None:
         curriculum = self.curriculum
         if curriculum.schedule == "none":
             return
@@ -253,7 +279,7 @@ class Config:
         if curriculum.difficulty != "length":
             raise ConfigError(
                 f"curriculum.difficulty is {curriculum.difficulty!r}, but synthetic tasks "
-                "(task.name={self.task.name}) only know 'length'; a difficulty column is for "
+                f"(task.name={self.task.name}) only know 'length'; a difficulty column is for "
                 "task.name=parquet."
             )
         if self.task.name == "adding" and curriculum.start < 2:

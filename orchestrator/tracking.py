@@ -4,7 +4,8 @@ The driver opens the run before training and passes its id into the loop, so ran
 any worker group (the first, or one restarted after a failure) writes to the same run.
 Ray Train V2 has no MLflow callback, so the loop logs itself, batched: one `log_batch`
 call every couple of seconds instead of one call per metric per step, because a SQLite
-store costs milliseconds per call.
+store costs milliseconds per call. Files (the diagnostics' figures) go up at once: they
+are written rarely, at checkpoints.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ class MetricLogger:
         self._pending.extend(Metric(k, float(v), now_ms, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
+        """Upload the files of `directory` under `artifact_path` now. A file already there
+        under the same name is replaced, so a figure redrawn during a run keeps one path."""
+        self._client.log_artifacts(self._run_id, str(directory), artifact_path)
 
     def tag(self, key: str, value: str) -> None:
         """A tag, sent with the next batch of metrics."""

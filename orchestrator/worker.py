@@ -3,7 +3,8 @@
 It reads like a recipe:
 
     restore -> build -> for each step: level -> batch -> forward -> loss -> backward
-                                       -> clip -> guard -> step (or skip, or roll back)
+                                       -> (diagnose) -> clip -> guard
+                                       -> step (or skip, or roll back)
                                        -> record -> (validate -> curriculum -> checkpoint)
 
 Everything here is plain PyTorch except the lines marked `# [ray]`. The driver
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import ray.train  # [ray]
@@ -30,8 +32,10 @@ from orchestrator import checkpoints, objectives
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config
 from orchestrator.curriculum import Curriculum, Plan
+from orchestrator.diagnostics import Diagnostics
 from orchestrator.guard import DivergenceGuard, Verdict
 from orchestrator.optimizers import build_optimizer
+from orchestrator.precision import Precision
 from orchestrator.progress import ProgressPoster
 from orchestrator.tracking import MetricLogger
 from pipelines.parquet import TaskInfo
@@ -70,8 +74,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if state and not own:
         adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
+    precision = make_precision(config, state, place)
     batches = make_batches(config, info, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
+    diagnostics = make_diagnostics(config, info, state, place)
 
     step = state["step"] if state else 0
     snapshot = take_snapshot(step, model, optimizer) if guard else None
@@ -84,14 +90,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if guard and level != previous:
             guard.forget_losses()
         batch = batches.train_batch(step, curriculum)
-        figures = forward_backward_clip(model, optimizer, batch, clipper, info.kind, place)
-        verdict = guard.judge(figures["train_loss"], figures["grad_norm"]) if guard else None
+        figures = forward_backward(model, optimizer, batch, precision, info.kind, place)
+        if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
+            recorder.diagnostics(step, diagnostics.measure(step, unwrap(model), batch))
+        figures |= clip_gradients(model, clipper) | precision.figures()
+        verdict = judge(guard, precision, figures)
         if verdict and verdict.cause:
             action = recover(verdict, model, optimizer, clipper, snapshot, config)
+            precision.skip()
             if recorder:
                 recorder.incident(step, verdict.cause, action, guard)
         else:
-            optimizer.step()
+            precision.step(optimizer)
             if guard and step % config.guard.snapshot_every == 0:
                 snapshot = take_snapshot(step, model, optimizer)
         figures["curriculum_level"] = float(level)
@@ -104,8 +114,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 recorder.validation(step, validation)
             parts = None
             if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+                if diagnostics and diagnostics.steps:
+                    recorder.diagnostic_files(diagnostics)
                 parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
-                         "guard": guard.state_dict() if guard else {}}
+                         "guard": guard.state_dict() if guard else {},
+                         "precision": precision.state_dict(),
+                         "diagnostics": diagnostics.state_dict() if diagnostics else {}}
             report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
                    place)
     if recorder:
@@ -247,6 +261,27 @@ def recover(verdict: Verdict, model: torch.nn.Module, optimizer: torch.optim.Opt
             f"(now {rates[0] * g.lr_factor:.3g}), clip.threshold x{g.clip_factor:g}")
 
 
+def make_precision(config: Config, state: dict | None, place: Place) -> Precision:
+    """The run's precision, with the loss scale its checkpoint kept (fp16)."""
+    precision = Precision(config.train.precision, place.device)
+    if state:  # checkpoints from before train.precision existed have no "precision" part
+        precision.load_state_dict(state["parts"].get("precision", {}))
+    return precision
+
+
+def make_diagnostics(config: Config, info: TaskInfo, state: dict | None,
+                     place: Place) -> Diagnostics | None:
+    """Rank 0's gradient diagnostics, with the heatmap rows its checkpoint kept. None on
+    other ranks and when diagnostics.every is 0: then they cost nothing."""
+    d = config.diagnostics
+    if not d.every or place.rank != 0:
+        return None
+    diagnostics = Diagnostics(d.every, d.rows, config.model.cell, info.kind)
+    if state and state["parts"].get("diagnostics"):
+        diagnostics.load_state_dict(state["parts"]["diagnostics"])
+    return diagnostics
+
+
 def make_batches(config: Config, info: TaskInfo, place: Place):
     if config.task.name == "parquet":
         return ShardBatches(
@@ -262,28 +297,42 @@ def make_batches(config: Config, info: TaskInfo, place: Place):
                             config.train.batch_size, config.task.val_size)
 
 
-def forward_backward_clip(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          batch: dict[str, torch.Tensor], clipper: Clipper, kind: str,
-                          place: Place) -> dict[str, float]:
-    """One step up to, not including, the optimizer's move (the guard decides that)."""
+def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     batch: dict[str, torch.Tensor], precision: Precision, kind: str,
+                     place: Place) -> dict[str, float]:
+    """Forward in the run's precision, the loss in float32, backward: leaves the true
+    (unscaled, all-reduced) gradients in `.grad`."""
     tokens = int(batch["lengths"].sum()) * place.world
     batch = to_device(batch, place.device)
     model.train()
-    outputs = model(batch["inputs"], batch["lengths"])
-    loss = objectives.loss(kind, outputs, batch)
+    with precision.autocast():
+        outputs = model(batch["inputs"], batch["lengths"])
+    loss = objectives.loss(kind, outputs.float(), batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # DDP all-reduces the gradients here
+    precision.backward(loss, optimizer)  # DDP all-reduces the gradients here
+    return {"train_loss": mean_over_ranks(loss.detach()), "tokens": float(tokens)}
+
+
+def clip_gradients(model: torch.nn.Module, clipper: Clipper) -> dict[str, float]:
+    """Clip in place; the gradient norm before and after, and whether anything changed."""
     clip = clipper(model.parameters(), head=unwrap(model).head.parameters())
     figures = {
-        "train_loss": mean_over_ranks(loss.detach()),
         "grad_norm": clip.grad_norm,
         "grad_norm_clipped": clip.grad_norm_clipped,
         "clipped": float(clip.clipped),
-        "tokens": float(tokens),
     }
     if clipper.adaptive:
         figures["clip_threshold"] = clip.threshold
     return figures
+
+
+def judge(guard: DivergenceGuard | None, precision: Precision,
+          figures: dict[str, float]) -> Verdict | None:
+    """The guard's verdict on the step. None without a guard, and for a loss-scaler
+    overflow, which the scaler deals with itself (see `orchestrator.precision`)."""
+    if guard is None or precision.overflowed(figures["train_loss"], figures["grad_norm"]):
+        return None
+    return guard.judge(figures["train_loss"], figures["grad_norm"])
 
 
 def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, kind: str,
@@ -375,12 +424,23 @@ class Recorder:
             "tokens_per_s": figures["tokens"] / max(now - self._last_time, 1e-9),
             "curriculum_level": figures["curriculum_level"],
         }
-        if "clip_threshold" in figures:
-            metrics["clip_threshold"] = figures["clip_threshold"]
+        for optional in ("clip_threshold", "loss_scale"):
+            if optional in figures:
+                metrics[optional] = figures[optional]
         self._last_time = now
         self._logger.log(step, metrics)
         if self._progress:
             self._progress.post({"step": step, **metrics})
+
+    def diagnostics(self, step: int, figures: dict[str, float]) -> None:
+        self._logger.log(step, figures)
+
+    def diagnostic_files(self, diagnostics: Diagnostics) -> None:
+        """Redraw the gradient-through-time heatmap and its matrix; upload both under
+        `diagnostics/`, replacing the previous drawing."""
+        with tempfile.TemporaryDirectory() as directory:
+            diagnostics.save(Path(directory))
+            self._logger.log_artifacts(directory, "diagnostics")
 
     def resumed(self, step: int) -> None:
         """A resume or a restart after a failure shows in MLflow as the step it restarted at."""

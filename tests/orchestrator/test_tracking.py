@@ -132,3 +132,20 @@ def test_metric_logger_splits_large_batches(store, run_id, monkeypatch, batches)
     assert batches == [7] * 5 + [5]
     assert history(client, run_id, "a") == [(step, float(step)) for step in range(20)]
     assert history(client, run_id, "b") == [(step, float(-step)) for step in range(20)]
+
+
+def test_metric_logger_uploads_files_and_a_redrawing_replaces_them(store, tmp_path):
+    uri, client = store
+    experiment = client.create_experiment(  # artifacts in tmp_path, not ./mlruns
+        f"artifacts-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    logger = MetricLogger(uri, run_id)
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    for version in ("first", "second"):
+        (drawn / "figure.png").write_text(version)
+        logger.log_artifacts(drawn, "diagnostics")
+    assert [a.path for a in client.list_artifacts(run_id, "diagnostics")] == [
+        "diagnostics/figure.png"]
+    local = client.download_artifacts(run_id, "diagnostics/figure.png", str(tmp_path / "back"))
+    assert open(local).read() == "second"
