@@ -308,18 +308,24 @@ class Config:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML file, apply `key=value` overrides, validate everything."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {data!r}.")
+    data = read_yaml_mapping(Path(path), "config file", "sections")
     for item in overrides:
         _set_dotted(data, *_parse_override(item))
     return Config.from_dict(data)
+
+
+def read_yaml_mapping(path: Path, kind: str, holds: str,
+                      error: type[ConfigError] = ConfigError) -> dict:
+    """The mapping a YAML file holds; `error` names the file as a `kind` otherwise."""
+    if not path.is_file():
+        raise error(f"{kind} {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{kind} {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{kind} {path} must hold a mapping of {holds}, not {data!r}.")
+    return data
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

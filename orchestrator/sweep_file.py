@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from orchestrator.config import Config, ConfigError, key_names, load_config, with_values
+from orchestrator.config import (
+    Config,
+    ConfigError,
+    key_names,
+    load_config,
+    read_yaml_mapping,
+    with_values,
+)
 
 DRAWS = ("choice", "grid", "uniform", "loguniform", "int")
 ALGORITHMS = ("random", "grid", "optuna")
@@ -91,7 +96,7 @@ class SweepError(ConfigError):
 
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
-    data = _read_mapping(path)
+    data = read_yaml_mapping(path, "sweep file", "keys (base, space, ...)", SweepError)
     where = f"sweep file {path}"
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
@@ -125,18 +130,6 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(path=path, name=name, base=base, space=space, algorithm=algorithm,
                  num_samples=num_samples, max_concurrent_trials=concurrency, metric=metric,
                  mode=mode, scheduler=scheduler, register_model=register)
-
-
-def _read_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"sweep file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"sweep file {path} must hold a mapping (base, space, ...).")
-    return data
 
 
 def _base_config(path: Path, data: dict, where: str) -> Config:
