@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on workers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from orchestrator.sweep_file import Sweep  # noqa: E402
 
@@ -84,6 +85,7 @@ def plot_metric_by_key(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
             draw = sweep.space.get(key) or sweep.scheduler.mutations.get(key)
             if draw is not None and draw.kind == "loguniform":
                 axis.set_xscale("log")
+                axis.xaxis.set_minor_formatter(NullFormatter())  # labels would overlap
         else:
             labels = sorted({_show(v) for v in values})
             xs = [labels.index(_show(v)) for v in values]
