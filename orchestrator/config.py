@@ -219,15 +219,20 @@ class DiagnosticsConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    num_workers: int = _key(2, "Ray Train workers (0 runs the loop in the driver, no Ray workers)")
+    num_workers: int = _key(2, "Ray Train workers, one model replica each (DDP when > 1)")
     use_gpu: bool = _key(False, "one GPU per worker")
     cpus_per_worker: float = _key(
         0.0, "CPUs reserved per worker; 0 = share the cluster's CPUs, leaving one for data"
     )
 
     def __post_init__(self) -> None:
-        if self.num_workers < 0 or self.cpus_per_worker < 0:
-            raise ConfigError("scaling.num_workers and scaling.cpus_per_worker must be >= 0.")
+        if self.num_workers < 1:
+            # Ray Train's local mode (num_workers=0) keeps no checkpoints in Ray 2.60: a
+            # run there could neither resume nor log its model.
+            raise ConfigError(f"scaling.num_workers must be >= 1 (one Ray Train worker "
+                              f"process per model replica), got {self.num_workers}.")
+        if self.cpus_per_worker < 0:
+            raise ConfigError("scaling.cpus_per_worker must be >= 0.")
 
 
 @dataclass(frozen=True)

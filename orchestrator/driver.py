@@ -198,8 +198,6 @@ def scaling_config(config: Config) -> ray.train.ScalingConfig:
     one.
     """
     s = config.scaling
-    if s.num_workers == 0:
-        return ray.train.ScalingConfig(num_workers=0)
     cpus = s.cpus_per_worker
     if not cpus:
         total = ray.cluster_resources().get("CPU", 1.0)

@@ -181,9 +181,8 @@ def concurrent_trials(base: Config) -> int:
     """How many trials fit at once: each holds its workers' CPUs (and GPUs) plus the
     trainable's sliver, and a trial's workers start only when all of them fit."""
     resources = ray.cluster_resources()
-    per_worker = driver.scaling_config(base).resources_per_worker or {}
-    workers = max(base.scaling.num_workers, 1)
-    cpus = workers * per_worker.get("CPU", 1.0) + TRAINABLE_CPU
+    workers = base.scaling.num_workers
+    cpus = workers * driver.scaling_config(base).resources_per_worker["CPU"] + TRAINABLE_CPU
     fits = math.floor(resources.get("CPU", 1.0) / cpus + 1e-9)
     if base.scaling.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0.0) / workers))

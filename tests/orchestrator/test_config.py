@@ -260,3 +260,8 @@ def test_regularization_rates_must_be_below_one(tmp_path, key, rate):
 def test_variational_is_a_bool(tmp_path):
     assert error_of(tmp_path, overrides=["model.variational=0.5"]).startswith(
         "model.variational must be true or false")
+
+
+def test_zero_workers_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"scaling.num_workers must be >= 1"):
+        Config.from_dict({"scaling": {"num_workers": 0}})
