@@ -85,8 +85,9 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
         raise KeyboardInterrupt
     summary = sweep_report.write_report(rows, sweep, Path(results.experiment_path) / "report")
     registered = record_best(rows, sweep, uri, parent_run_id, summary.parent)
-    tracking.finish_run(uri, parent_run_id, "FINISHED")
-    if not any(row.status == "completed" for row in rows):
+    completed = any(row.status == "completed" for row in rows)
+    tracking.finish_run(uri, parent_run_id, "FINISHED" if completed else "FAILED")
+    if not completed:
         raise driver.TrainingFailed(f"no trial of sweep {sweep.name} completed; see "
                                     f"{summary} and the trials' errors in {path}.")
     return SweepOutcome(rows, parent_run_id, experiment_id, registered,
