@@ -156,10 +156,13 @@ def restored_state(init_checkpoint: ray.train.Checkpoint | None,
 
 def adopt_hyperparameters(config: Config, optimizer: torch.optim.Optimizer,
                           clipper: Clipper) -> None:
-    """Put the config's learning rate, weight decay and clip threshold over restored ones."""
+    """Put the config's learning rate, weight decay, momentum (for the optimizers that
+    have one) and clip threshold over the restored ones."""
     for group in optimizer.param_groups:
         group["lr"] = config.optim.lr
         group["weight_decay"] = config.optim.weight_decay
+        if "momentum" in group:
+            group["momentum"] = config.optim.momentum
     clipper.threshold = config.clip.threshold
 
 

@@ -109,6 +109,7 @@ def test_pbt_sweep_copies_weights_between_trials(cli_env, workdir):
     sweep = write_sweep(workdir, """
         name: pbt
         base: base.yaml
+        fixed: {curriculum.schedule: linear, curriculum.start: 10, curriculum.warmup_steps: 100}
         space:
           optim.lr: {grid: [0.01, 0.00001]}
         metric: val_loss
@@ -120,6 +121,7 @@ def test_pbt_sweep_copies_weights_between_trials(cli_env, workdir):
           mutations:
             optim.lr: {loguniform: [0.001, 0.02]}
             clip.threshold: {choice: [0.5, 1.0, 2.0]}
+            curriculum.warmup_steps: {choice: [50, 150]}
         """)
     result = tune([sweep], cli_env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -142,6 +144,9 @@ def test_pbt_sweep_copies_weights_between_trials(cli_env, workdir):
     rates = {m.step: m.value for m in client.get_metric_history(taker_run.info.run_id,
                                                                  "pbt.optim.lr")}
     assert rates[0] == pytest.approx(1e-5) and 0.001 <= rates[50] <= 0.02
+    warmups = {m.step: m.value for m in client.get_metric_history(
+        taker_run.info.run_id, "pbt.curriculum.warmup_steps")}
+    assert warmups[50] in (50, 150)  # a curriculum key mutated too
 
 
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(cli_env, workdir):

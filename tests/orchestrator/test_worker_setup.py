@@ -1,0 +1,39 @@
+"""The worker loop's set-up helpers, without Ray: config to model spec, and the
+hyperparameters a run copied from another run's checkpoint takes from its own config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from orchestrator.clipping import Clipper
+from orchestrator.config import Config, apply_overrides
+from orchestrator.worker import adopt_hyperparameters, model_spec
+from pipelines.parquet import TaskInfo
+
+
+def test_every_model_key_reaches_the_model_spec():
+    config = apply_overrides(Config(), [
+        "model.cell=bn_lstm", "model.hidden_size=16", "model.num_layers=2",
+        "model.dropout=0.1", "model.input_dropout=0.2", "model.output_dropout=0.3",
+        "model.variational=true", "model.weight_drop=0.4",
+    ])
+    spec = model_spec(config, TaskInfo("regression", 2, 1))
+    for key in dataclasses.fields(config.model):
+        assert getattr(spec, key.name) == getattr(config.model, key.name), key.name
+    assert (spec.input_size, spec.output_size, spec.head) == (2, 1, "regression")
+
+
+def test_a_copied_checkpoint_takes_the_configs_hyperparameters():
+    """PBT copies a trial's optimizer state, then explores its own values: the restored
+    learning rate, weight decay, momentum and clip threshold give way to the config's."""
+    weights = [torch.nn.Parameter(torch.ones(2))]
+    optimizer = torch.optim.SGD(weights, lr=0.5, momentum=0.1, weight_decay=0.2)
+    clipper = Clipper("norm", 5.0)
+    config = apply_overrides(Config(), ["optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.7",
+                                        "optim.weight_decay=0.03", "clip.threshold=0.25"])
+    adopt_hyperparameters(config, optimizer, clipper)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.7, 0.03)
+    assert clipper.threshold == 0.25
