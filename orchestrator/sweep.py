@@ -173,9 +173,17 @@ def scheduler(sweep: Sweep):
         return PopulationBasedTraining(
             time_attr="step", perturbation_interval=s.perturbation_interval,
             quantile_fraction=s.quantile_fraction, synch=True,
-            hyperparam_mutations={key: to_tune(d, "random") for key, d in s.mutations.items()},
+            hyperparam_mutations={key: pbt_mutation(d) for key, d in s.mutations.items()},
         )
     return FIFOScheduler()
+
+
+def pbt_mutation(draw: Draw):
+    """What PBT perturbs a key with. Listed values go as a plain list, so an explore step
+    moves to a neighbouring value (or redraws one); a range goes as a Tune domain, which
+    PBT multiplies by 0.8 or 1.2 (or redraws from). Handed a `tune.choice`, PBT would
+    multiply the value too, leaving the list."""
+    return list(draw.values) if draw.kind in ("choice", "grid") else to_tune(draw, "random")
 
 
 def concurrent_trials(base: Config) -> int:

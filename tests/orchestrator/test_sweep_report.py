@@ -4,10 +4,11 @@ search space (no Ray cluster needed)."""
 from __future__ import annotations
 
 import math
+import random
 
 from ray import tune
 
-from orchestrator.sweep import to_tune
+from orchestrator.sweep import pbt_mutation, to_tune
 from orchestrator.sweep_file import Draw
 from orchestrator.sweep_report import TrialRow, markdown_table, ranked, status_of, write_report
 from tests.orchestrator.test_sweep_file import GOOD, write
@@ -78,3 +79,16 @@ def test_optuna_searcher_suggests_values_inside_the_space(tmp_path):
         assert 1e-4 <= values["optim.lr"] <= 1e-2
         assert values["model.cell"] in ("lstm", "gru")
         assert 8 <= values["model.hidden_size"] <= 32
+
+
+def test_pbt_moves_listed_values_within_the_list():
+    from ray.tune.schedulers.pbt import _explore
+
+    mutations = {"clip.threshold": pbt_mutation(Draw("choice", (0.5, 1.0, 2.0))),
+                 "optim.lr": pbt_mutation(Draw("loguniform", (1e-4, 1e-2)))}
+    for seed in range(20):
+        random.seed(seed)
+        config, _ = _explore({"clip.threshold": 1.0, "optim.lr": 1e-3}, mutations,
+                             resample_probability=0.25, perturbation_factors=(1.2, 0.8),
+                             custom_explore_fn=None)
+        assert config["clip.threshold"] in (0.5, 1.0, 2.0)
