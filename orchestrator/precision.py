@@ -33,12 +33,28 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether torch's fused LSTM runs under bfloat16 autocast on this CPU: oneDNN refuses
+    it on CPUs without bfloat16 instructions, deep inside the first forward pass."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(1, 1)(torch.zeros(1, 1, 1))
+    except RuntimeError:
+        return False
+    return True
+
+
 class Precision:
     """One run's precision: the autocast context, and for fp16 the loss scaler."""
 
     def __init__(self, name: str, device: torch.device):
         if name not in PRECISIONS:
             raise ValueError(f"train.precision {name!r} is not one of: {', '.join(PRECISIONS)}.")
+        if name == "bf16" and device.type == "cpu" and not cpu_runs_bf16_lstm():
+            raise ValueError(
+                "train.precision=bf16: this CPU has no bfloat16 kernels for torch's fused "
+                "LSTM (oneDNN needs AVX512-BF16 or AMX); use train.precision=fp32 here, or "
+                "bf16 on a GPU or a CPU that has them.")
         self.name = name
         self._device_type = device.type
         self._dtype = _AUTOCAST_DTYPES.get(name)

@@ -17,7 +17,7 @@ from orchestrator.clipping import Clipper
 from orchestrator.config import Config, ConfigError, apply_overrides
 from orchestrator.guard import DivergenceGuard
 from orchestrator.optimizers import build_optimizer
-from orchestrator.precision import Precision
+from orchestrator.precision import Precision, cpu_runs_bf16_lstm
 from orchestrator.worker import Place, clip_gradients, forward_backward, judge
 from pipelines.synthetic import make_task, rng_for
 
@@ -43,6 +43,7 @@ def train_step(model, optimizer, precision, clipper, batch) -> dict[str, float]:
     return figures
 
 
+@pytest.mark.skipif(not cpu_runs_bf16_lstm(), reason="this CPU has no bfloat16 LSTM kernels")
 def test_bf16_runs_the_forward_in_bfloat16_and_trains():
     model, optimizer = model_and_optimizer()
     precision = Precision("bf16", CPU)
@@ -55,6 +56,12 @@ def test_bf16_runs_the_forward_in_bfloat16_and_trains():
     assert all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.skipif(cpu_runs_bf16_lstm(), reason="this CPU has bfloat16 LSTM kernels")
+def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="train.precision=bf16: this CPU has no bfloat16"):
+        Precision("bf16", CPU)
 
 
 def test_scaled_gradients_are_unscaled_before_clipping():
