@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from models import build_model
-from orchestrator import driver
+from orchestrator import driver, objectives
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config, load_config
 from orchestrator.diagnostics import MATRIX_FILE, Diagnostics, read_matrix, save_figure
@@ -207,12 +207,12 @@ def timed_step_and_measurement(config: Config, repeats: int) -> dict[str, float]
     optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.9)
     place, precision = Place(0, 1, torch.device("cpu")), Precision("fp32", torch.device("cpu"))
     clipper = Clipper("norm", 1.0)
-    diagnostics = Diagnostics(1, config.diagnostics.rows, spec.cell, spec.head)
+    diagnostics = Diagnostics(1, config.diagnostics.rows, spec.cell, objectives.of(spec.head))
     batch = {k: torch.from_numpy(v) for k, v in
              task.generate(rng_for(0, 0, 0), config.train.batch_size).items()}
 
     def step() -> None:
-        forward_backward(model, optimizer, batch, precision, spec.head, place)
+        forward_backward(model, optimizer, batch, precision, objectives.of(spec.head), place)
         clip_gradients(model, clipper)
 
     step_ms = best_ms(step, repeats)

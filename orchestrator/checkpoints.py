@@ -24,9 +24,11 @@ CONFIG_FILE = "config.yaml"
 
 def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          step: int, spec: ModelSpec, rng_states: list[Any], parts: dict[str, dict[str, Any]],
-         config_yaml: str) -> None:
+         config_yaml: str, files: dict[str, str] | None = None) -> None:
     """`parts` holds the state_dict of each stateful helper of the loop, by name
-    (curriculum, clip, guard)."""
+    (curriculum, clip, guard). `files` are more text files to keep beside the weights,
+    by name (a forecaster's layout.json, which it needs to read tables and answer in
+    their units)."""
     directory = Path(directory)
     torch.save(
         {
@@ -40,6 +42,8 @@ def save(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.opti
         directory / STATE_FILE,
     )
     (directory / CONFIG_FILE).write_text(config_yaml)
+    for name, text in (files or {}).items():
+        (directory / name).write_text(text)
 
 
 def load(directory: str | Path) -> dict[str, Any]:

@@ -48,8 +48,8 @@ DISPLAY_FLOOR = 1e-30  # log10 of an exactly vanished gradient is drawn at -30, 
 class Diagnostics:
     """Rank 0's diagnostics of one run, and the through-time matrix they accumulate."""
 
-    def __init__(self, every: int, rows: int, cell: str, kind: str):
-        self.every, self.rows, self.cell, self.kind = every, rows, cell, kind
+    def __init__(self, every: int, rows: int, cell: str, objective: objectives.Objective):
+        self.every, self.rows, self.cell, self.objective = every, rows, cell, objective
         self.steps: list[int] = []
         self.norms: list[list[float]] = []
 
@@ -63,7 +63,7 @@ class Diagnostics:
         figures = layer_grad_norms(model)
         device = next(model.parameters()).device
         rows = {name: tensor[:self.rows].to(device) for name, tensor in batch.items()}
-        norms, saturation = through_time(model, self.cell, self.kind, rows)
+        norms, saturation = through_time(model, self.cell, self.objective, rows)
         self.steps.append(step)
         self.norms.append(norms.tolist())
         first, last = norms[0].item(), norms[-1].item()
@@ -114,7 +114,7 @@ def layer_grad_norms(model: torch.nn.Module) -> dict[str, float]:
     return {f"grad_norm/{group}": total.sqrt().item() for group, total in squares.items()}
 
 
-def through_time(model: torch.nn.Module, cell: str, kind: str,
+def through_time(model: torch.nn.Module, cell: str, objective: objectives.Objective,
                  batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """||dL/dh_t|| of the top layer for t up to the longest row of `batch` (a CPU tensor),
     and the saturation of each gate over the rows' valid steps.
@@ -127,7 +127,7 @@ def through_time(model: torch.nn.Module, cell: str, kind: str,
     try:
         with torch.enable_grad():
             unrolled = unroll(model.rnn, cell, batch["inputs"])
-            loss = objectives.loss(kind, model.head(unrolled.outputs, batch["lengths"]), batch)
+            loss = objective.loss(model.head(unrolled.outputs, batch["lengths"]), batch)
             grads = torch.autograd.grad(loss, unrolled.hidden)
     finally:
         model.train(was_training)

@@ -1,16 +1,58 @@
 """Loss and validation figures for each kind of task.
 
-The task kind (`regression`, `per_step`, `sequence`) decides the head and the loss.
-Validation accumulates sums, not means, so shards of different sizes on different ranks
-add up to the exact figure over the whole validation set once all-reduced.
+The task kind (`regression`, `per_step`, `sequence`) decides the head and the loss;
+`of(kind)` is the objective the loop uses for it (forecasting has its own, in
+`orchestrator.forecasting`). Validation accumulates sums, not means, so shards of
+different sizes on different ranks add up to the exact figure over the whole validation
+set once all-reduced.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from pipelines.collate import IGNORE_INDEX
+
+
+class Objective(Protocol):
+    """What the loop needs of a task: its training loss, and validation as sums that
+    all-reduce, turned into named figures (`val_loss`, ...; `test_...` at the end)."""
+
+    sums_width: int  # the length of validation_sums' result
+
+    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def validation_sums(self, outputs: torch.Tensor,
+                        batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def summarize(self, sums: torch.Tensor, prefix: str = "val") -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class KindObjective:
+    """The objective of a task kind, from the functions below."""
+
+    kind: str
+    sums_width: int = 4
+
+    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss(self.kind, outputs, batch)
+
+    def validation_sums(self, outputs: torch.Tensor,
+                        batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return validation_sums(self.kind, outputs, batch)
+
+    def summarize(self, sums: torch.Tensor, prefix: str = "val") -> dict[str, float]:
+        return {f"{prefix}_{name[4:]}": value
+                for name, value in summarize(self.kind, sums).items()}
+
+
+def of(kind: str) -> KindObjective:
+    return KindObjective(kind)
 
 
 def loss(kind: str, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -33,6 +33,7 @@ from orchestrator.clipping import Clipper
 from orchestrator.config import Config
 from orchestrator.curriculum import Curriculum, Plan
 from orchestrator.diagnostics import Diagnostics
+from orchestrator.forecasting import ForecastObjective
 from orchestrator.guard import DivergenceGuard, Verdict
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
@@ -42,6 +43,8 @@ from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate
 from pipelines.sources import ShardBatches, SyntheticBatches
 from pipelines.synthetic import make_task, rng_for
+from pipelines.timeseries import ForecastLayout
+from pipelines.windows import LAYOUT_FILE, WindowBatches
 
 CLIP_RATE_WINDOW = 100  # clip_rate = fraction of the last 100 steps that were clipped
 
@@ -58,9 +61,13 @@ class Place:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` holds plain values: the resolved config, the
     task's shape, the difficulty percentiles of Parquet data (for a curriculum), the
-    MLflow run to write to, and the progress board (or None)."""
+    prepared forecasting data (or None), the MLflow run to write to, and the progress
+    board (or None)."""
     config = Config.from_dict(loop_config["config"])
     info = TaskInfo(**loop_config["task"])
+    forecast = loop_config.get("forecast")
+    layout = ForecastLayout.from_json(forecast["layout"]) if forecast else None
+    objective = ForecastObjective(layout) if layout else objectives.of(info.kind)
     context = ray.train.get_context()  # [ray]
     place = Place(context.get_world_rank(), context.get_world_size(),
                   ray.train.torch.get_device())  # [ray]
@@ -75,9 +82,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
     precision = make_precision(config, state, place)
-    batches = make_batches(config, info, place)
+    batches = make_batches(config, info, place, forecast, layout)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
-    diagnostics = make_diagnostics(config, info, state, place)
+    diagnostics = make_diagnostics(config, objective, state, place)
 
     step = state["step"] if state else 0
     snapshot = take_snapshot(step, model, optimizer) if guard else None
@@ -90,7 +97,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if guard and level != previous:
             guard.forget_losses()
         batch = batches.train_batch(step, curriculum)
-        figures = forward_backward(model, optimizer, batch, precision, info.kind, place)
+        figures = forward_backward(model, optimizer, batch, precision, objective, place)
         if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
             recorder.diagnostics(step, diagnostics.measure(step, unwrap(model), batch))
         figures |= clip_gradients(model, clipper) | precision.figures()
@@ -108,8 +115,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if recorder:
             recorder.step(step, figures)
         if step % config.train.eval_every == 0 or step == config.train.steps:
-            validation = validate(model, batches.validation_batches(), info.kind, place)
-            validation |= advance_curriculum(curriculum, model, batches, info.kind, place)
+            validation = validate(model, batches.validation_batches(), objective, place)
+            validation |= advance_curriculum(curriculum, model, batches, objective, place)
+            if step == config.train.steps and hasattr(batches, "test_batches"):
+                validation |= validate(model, batches.test_batches(), objective, place, "test")
             if recorder:
                 recorder.validation(step, validation)
             parts = None
@@ -121,7 +130,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          "precision": precision.state_dict(),
                          "diagnostics": diagnostics.state_dict() if diagnostics else {}}
             report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
-                   place)
+                   place, {LAYOUT_FILE: forecast["layout"]} if forecast else {})
     if recorder:
         recorder.close()
 
@@ -272,20 +281,24 @@ def make_precision(config: Config, state: dict | None, place: Place) -> Precisio
     return precision
 
 
-def make_diagnostics(config: Config, info: TaskInfo, state: dict | None,
+def make_diagnostics(config: Config, objective: objectives.Objective, state: dict | None,
                      place: Place) -> Diagnostics | None:
     """Rank 0's gradient diagnostics, with the heatmap rows its checkpoint kept. None on
     other ranks and when diagnostics.every is 0: then they cost nothing."""
     d = config.diagnostics
     if not d.every or place.rank != 0:
         return None
-    diagnostics = Diagnostics(d.every, d.rows, config.model.cell, info.kind)
+    diagnostics = Diagnostics(d.every, d.rows, config.model.cell, objective)
     if state and state["parts"].get("diagnostics"):
         diagnostics.load_state_dict(state["parts"]["diagnostics"])
     return diagnostics
 
 
-def make_batches(config: Config, info: TaskInfo, place: Place):
+def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | None,
+                 layout: ForecastLayout | None):
+    if layout:
+        return WindowBatches(forecast["directory"], layout, config.train.batch_size,
+                             config.seed, place.rank, place.world)
     if config.task.name == "parquet":
         return ShardBatches(
             ray.train.get_dataset_shard("train"),  # [ray]
@@ -301,8 +314,8 @@ def make_batches(config: Config, info: TaskInfo, place: Place):
 
 
 def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     batch: dict[str, torch.Tensor], precision: Precision, kind: str,
-                     place: Place) -> dict[str, float]:
+                     batch: dict[str, torch.Tensor], precision: Precision,
+                     objective: objectives.Objective, place: Place) -> dict[str, float]:
     """Forward in the run's precision, the loss in float32, backward: leaves the true
     (unscaled, all-reduced) gradients in `.grad`."""
     tokens = int(batch["lengths"].sum()) * place.world
@@ -310,7 +323,7 @@ def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     model.train()
     with precision.autocast():
         outputs = model(batch["inputs"], batch["lengths"])
-    loss = objectives.loss(kind, outputs.float(), batch)
+    loss = objective.loss(outputs.float(), batch)
     optimizer.zero_grad(set_to_none=True)
     precision.backward(loss, optimizer)  # DDP all-reduces the gradients here
     return {"train_loss": mean_over_ranks(loss.detach()), "tokens": float(tokens)}
@@ -338,8 +351,8 @@ def judge(guard: DivergenceGuard | None, precision: Precision,
     return guard.judge(figures["train_loss"], figures["grad_norm"])
 
 
-def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, kind: str,
-                       place: Place) -> dict[str, float]:
+def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches,
+                       objective: objectives.Objective, place: Place) -> dict[str, float]:
     """At a validation: feed a progress-driven schedule the loss at its current level
     (`val_loss_level`), then share rank 0's level with every rank.
 
@@ -349,8 +362,8 @@ def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, 
     """
     figures = {}
     if curriculum.uses_level_validation:
-        level_figures = validate(model, batches.validation_batches(curriculum.level), kind,
-                                 place)
+        level_figures = validate(model, batches.validation_batches(curriculum.level),
+                                 objective, place)
         figures["val_loss_level"] = level_figures["val_loss"]
         curriculum.after_validation(figures["val_loss_level"])
     level = torch.tensor(float(curriculum.level), device=place.device)
@@ -360,28 +373,29 @@ def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches, 
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], kind: str,
-             place: Place) -> dict[str, float]:
-    """Validation over a whole set: each rank sums over its slice, then one all-reduce.
+def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+             objective: objectives.Objective, place: Place,
+             prefix: str = "val") -> dict[str, float]:
+    """Validation over a whole set (`prefix` "test": the test split, at the end): each
+    rank sums over its slice, then one all-reduce.
 
     The unwrapped module is used: ranks may hold slices of different sizes, and a DDP
     forward could wait for collectives the other ranks never start.
     """
     module = unwrap(model)
     module.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=place.device)
+    sums = torch.zeros(objective.sums_width, dtype=torch.float64, device=place.device)
     for batch in batches:
         batch = to_device(batch, place.device)
-        sums += objectives.validation_sums(kind, module(batch["inputs"], batch["lengths"]),
-                                           batch)
+        sums += objective.validation_sums(module(batch["inputs"], batch["lengths"]), batch)
     if distributed():
         dist.all_reduce(sums)
-    return objectives.summarize(kind, sums)
+    return objective.summarize(sums, prefix)
 
 
 def report(step: int, figures: dict[str, float], model: torch.nn.Module,
            optimizer: torch.optim.Optimizer, spec: ModelSpec, parts: dict[str, dict] | None,
-           config: Config, place: Place) -> None:
+           config: Config, place: Place, files: dict[str, str]) -> None:
     """Report a validation to Ray, with a checkpoint when `parts` (the loop helpers' states)
     are given. Every rank reports (it is a barrier); rank 0 alone writes the checkpoint.
 
@@ -395,7 +409,7 @@ def report(step: int, figures: dict[str, float], model: torch.nn.Module,
         if place.rank == 0 and parts is not None:
             checkpoints.save(directory, model=unwrap(model), optimizer=optimizer, step=step,
                              spec=spec, rng_states=rng_states, parts=parts,
-                             config_yaml=config.to_yaml())
+                             config_yaml=config.to_yaml(), files=files)
             checkpoint = ray.train.Checkpoint.from_directory(directory)  # [ray]
         ray.train.report(  # [ray]
             {**metrics, "step": step}, checkpoint=checkpoint,

@@ -28,6 +28,9 @@ from pipelines.synthetic import make_task, rng_for
 STEPS = 12
 
 
+REGRESSION = objectives.of("regression")
+
+
 def model(cell: str = "lstm", num_layers: int = 2, dropout: float = 0.0):
     torch.manual_seed(0)
     return build_model(ModelSpec(cell, 2, 8, num_layers, dropout, "regression", 1))
@@ -73,7 +76,7 @@ def test_layer_norms_add_up_to_the_global_norm():
 def test_measure_reports_layers_time_and_gates(cell, gates):
     net, data = model(cell), batch()
     trained_step(net, data)
-    figures = Diagnostics(every=5, rows=4, cell=cell, kind="regression").measure(10, net, data)
+    figures = Diagnostics(every=5, rows=4, cell=cell, objective=REGRESSION).measure(10, net, data)
     assert {"grad_norm/rnn_l1_hh", "grad_norm/head"} <= set(figures)
     assert figures["grad_time_last"] > 0
     assert figures["grad_time_ratio"] == pytest.approx(
@@ -88,7 +91,7 @@ def test_measure_changes_neither_gradients_nor_mode_nor_rng():
     trained_step(net, data)
     grads = [p.grad.clone() for p in net.parameters()]
     rng = torch.get_rng_state()
-    Diagnostics(every=1, rows=4, cell="lstm", kind="regression").measure(1, net, data)
+    Diagnostics(every=1, rows=4, cell="lstm", objective=REGRESSION).measure(1, net, data)
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, net.parameters(), strict=True))
     assert net.training and torch.equal(rng, torch.get_rng_state())
 
@@ -96,7 +99,7 @@ def test_measure_changes_neither_gradients_nor_mode_nor_rng():
 def test_the_unrolled_pass_sees_only_the_rows_and_steps_asked_for():
     net, data = model(), batch()
     data["lengths"][:3] = torch.tensor([5, 7, 4])  # the first rows are shorter than T
-    diagnostics = Diagnostics(every=1, rows=3, cell="lstm", kind="regression")
+    diagnostics = Diagnostics(every=1, rows=3, cell="lstm", objective=REGRESSION)
     diagnostics.measure(1, net, data)
     assert len(diagnostics.norms[0]) == 7  # the longest of the 3 rows
 
@@ -105,7 +108,7 @@ def test_a_vanishing_gradient_shows_as_a_small_ratio():
     net, data = model("rnn_tanh", num_layers=1), batch(seq_len=40)
     with torch.no_grad():
         net.rnn.weight_hh_l0.mul_(0.5)
-    figures = Diagnostics(every=1, rows=8, cell="rnn_tanh", kind="regression").measure(
+    figures = Diagnostics(every=1, rows=8, cell="rnn_tanh", objective=REGRESSION).measure(
         1, net, data)
     assert figures["grad_time_ratio"] < 1e-6
 
@@ -116,7 +119,7 @@ def test_saturation_counts_both_tails():
 
 def test_save_writes_the_heatmap_and_a_matrix_that_reads_back(tmp_path):
     net = model()
-    diagnostics = Diagnostics(every=10, rows=4, cell="lstm", kind="regression")
+    diagnostics = Diagnostics(every=10, rows=4, cell="lstm", objective=REGRESSION)
     for step, seq_len in ((10, 6), (20, 9), (30, 9)):  # a curriculum made T grow
         diagnostics.measure(step, net, batch(seq_len))
     diagnostics.save(tmp_path)
@@ -128,20 +131,20 @@ def test_save_writes_the_heatmap_and_a_matrix_that_reads_back(tmp_path):
 
 
 def test_the_matrix_survives_a_checkpoint():
-    diagnostics = Diagnostics(every=10, rows=4, cell="lstm", kind="regression")
+    diagnostics = Diagnostics(every=10, rows=4, cell="lstm", objective=REGRESSION)
     diagnostics.measure(10, model(), batch())
-    restored = Diagnostics(every=10, rows=4, cell="lstm", kind="regression")
+    restored = Diagnostics(every=10, rows=4, cell="lstm", objective=REGRESSION)
     restored.load_state_dict(diagnostics.state_dict())
     assert (restored.steps, restored.norms) == (diagnostics.steps, diagnostics.norms)
 
 
 def test_diagnostics_exist_only_on_rank_0_and_only_when_on():
-    info = TaskInfo.of(make_task("adding", 10))
+    objective = objectives.of(TaskInfo.of(make_task("adding", 10)).kind)
     cpu = torch.device("cpu")
     on = apply_overrides(Config(), ["diagnostics.every=50"])
-    assert make_diagnostics(Config(), info, None, Place(0, 2, cpu)) is None  # off by default
-    assert make_diagnostics(on, info, None, Place(1, 2, cpu)) is None
-    assert make_diagnostics(on, info, None, Place(0, 2, cpu)).due(100)
+    assert make_diagnostics(Config(), objective, None, Place(0, 2, cpu)) is None  # off
+    assert make_diagnostics(on, objective, None, Place(1, 2, cpu)) is None
+    assert make_diagnostics(on, objective, None, Place(0, 2, cpu)).due(100)
 
 
 @pytest.mark.parametrize(("override", "message"), [

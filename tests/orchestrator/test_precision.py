@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from models import ModelSpec, build_model
+from orchestrator import objectives
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config, ConfigError, apply_overrides
 from orchestrator.guard import DivergenceGuard
@@ -21,6 +22,7 @@ from orchestrator.precision import Precision, cpu_runs_bf16_lstm
 from orchestrator.worker import Place, clip_gradients, forward_backward, judge
 from pipelines.synthetic import make_task, rng_for
 
+REGRESSION = objectives.of("regression")
 CPU = torch.device("cpu")
 PLACE = Place(rank=0, world=1, device=CPU)
 
@@ -37,7 +39,7 @@ def adding_batch(step: int, seq_len: int = 10) -> dict[str, torch.Tensor]:
 
 
 def train_step(model, optimizer, precision, clipper, batch) -> dict[str, float]:
-    figures = forward_backward(model, optimizer, batch, precision, "regression", PLACE)
+    figures = forward_backward(model, optimizer, batch, precision, REGRESSION, PLACE)
     figures |= clip_gradients(model, clipper)
     precision.step(optimizer)
     return figures
@@ -71,7 +73,7 @@ def test_scaled_gradients_are_unscaled_before_clipping():
         model, optimizer = model_and_optimizer("gru")
         precision = Precision(name, CPU)
         precision.load_state_dict({**precision.state_dict(), "scale": 1024.0})  # fp16 only
-        figures = forward_backward(model, optimizer, batch, precision, "regression", PLACE)
+        figures = forward_backward(model, optimizer, batch, precision, REGRESSION, PLACE)
         figures |= clip_gradients(model, Clipper("norm", 0.01))
         clipped[name] = (figures, [p.grad.clone() for p in model.parameters()])
     (fp32, fp32_grads), (fp16, fp16_grads) = clipped["fp32"], clipped["fp16"]
@@ -94,7 +96,7 @@ def test_a_scaler_overflow_is_skipped_by_the_scaler_and_not_judged_by_the_guard(
     precision, guard = overflowing_fp16(), DivergenceGuard(10.0, 50, patience=1,
                                                            max_rollbacks=0)
     before = [p.detach().clone() for p in model.parameters()]
-    figures = forward_backward(model, optimizer, adding_batch(0), precision, "regression",
+    figures = forward_backward(model, optimizer, adding_batch(0), precision, REGRESSION,
                                PLACE)
     figures |= clip_gradients(model, Clipper("norm", 1.0))
     assert math.isfinite(figures["train_loss"]) and not math.isfinite(figures["grad_norm"])
@@ -120,7 +122,7 @@ def test_a_step_the_guard_skipped_still_closes_the_scalers_step():
     model, optimizer = model_and_optimizer("gru")
     precision = Precision("fp16", CPU)
     for step in range(2):  # a second unscale_ without update would raise
-        forward_backward(model, optimizer, adding_batch(step), precision, "regression", PLACE)
+        forward_backward(model, optimizer, adding_batch(step), precision, REGRESSION, PLACE)
         precision.skip()
 
 

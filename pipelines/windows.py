@@ -1,0 +1,206 @@
+"""Prepared forecasting data on storage, and the batches a worker cuts from it.
+
+Storage (written once by the driver, read by every worker; a resume reuses it):
+
+    <dir>/layout.json                the ForecastLayout (columns, grid, normalization)
+    <dir>/{train,val,test}/part-NNNNN.parquet
+        series  int32                index into layout.series
+        first   int64                grid position of the stretch's first step
+        values  list<float32>        (steps x features), row-major
+
+Each worker keeps the stretches whose row number is its rank modulo the world size, read
+straight from the files (every worker holds only its share, and no row is dropped to
+even out the shares, as Ray Data's equal split would). A worker's stretches go into one
+contiguous array; a window is only an index into it, so memory is the share's values
+plus eight bytes per window, never input_len copies of each step:
+
+    data (steps, features):  [stretch 0 ......][stretch 1 ...........]
+    window w:                     ^start[w] : start[w] + context + horizon
+
+Training batch `step` of a rank is a pure function of (seed, rank, step) (windows in a
+fresh permutation every epoch), so a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from pipelines.errors import DataError
+from pipelines.synthetic import rng_for
+from pipelines.tables import filesystem_of
+from pipelines.timeseries import SPLITS, ForecastLayout, Stretch, window_offsets
+
+LAYOUT_FILE = "layout.json"
+STRETCHES_PER_FILE = 64
+VALIDATION_BATCH = 256
+
+
+def write_prepared(directory: str, layout: ForecastLayout,
+                   stretches: dict[str, list[Stretch]]) -> None:
+    """Write the layout and every split's stretches under `directory` (local or a URI)."""
+    filesystem, root = filesystem_of(directory)
+    for split in SPLITS:
+        filesystem.create_dir(f"{root}/{split}", recursive=True)
+        rows = stretches[split]
+        for part, start in enumerate(range(0, len(rows), STRETCHES_PER_FILE)):
+            pq.write_table(_table(rows[start:start + STRETCHES_PER_FILE]),
+                           f"{root}/{split}/part-{part:05d}.parquet", filesystem=filesystem)
+    # the layout last: its presence means the data is complete
+    with filesystem.open_output_stream(f"{root}/{LAYOUT_FILE}") as stream:
+        stream.write(layout.to_json().encode())
+
+
+def read_layout(directory: str) -> ForecastLayout | None:
+    """The layout of data prepared under `directory`, or None if there is none (yet)."""
+    filesystem, root = filesystem_of(directory)
+    where = f"{root}/{LAYOUT_FILE}"
+    if filesystem.get_file_info(where).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(where) as stream:
+        return ForecastLayout.from_json(stream.read().decode())
+
+
+def read_share(directory: str, split: str, rank: int, world: int,
+               features: int) -> list[Stretch]:
+    """This rank's stretches of a split: rows rank, rank + world, ... in file order."""
+    filesystem, root = filesystem_of(directory)
+    selector = pafs.FileSelector(f"{root}/{split}")
+    files = sorted(info.path for info in filesystem.get_file_info(selector)
+                   if info.path.endswith(".parquet"))
+    share, row = [], 0
+    for path in files:
+        for batch in pq.ParquetFile(filesystem.open_input_file(path)).iter_batches():
+            mine = np.arange(row, row + batch.num_rows) % world == rank
+            row += batch.num_rows
+            if not mine.any():
+                continue
+            batch = batch.filter(pa.array(mine))
+            series = batch.column("series").to_numpy()
+            first = batch.column("first").to_numpy()
+            values = batch.column("values")
+            for i in range(batch.num_rows):
+                flat = values[i].values.to_numpy(zero_copy_only=False)
+                share.append(Stretch(int(series[i]), int(first[i]),
+                                     flat.reshape(-1, features)))
+    return share
+
+
+class WindowBatches:
+    """The batches of one worker: `train_batch(step)`, `validation_batches()` and
+    `test_batches()`, in the batch format of the training loop plus `series` (each row's
+    series index) and, for validation and test, `seasonal` (the seasonal-naive forecast,
+    normalized).
+
+        inputs   float32 (B, input_len, features)
+        targets  float32 (B, horizon, targets)
+        lengths  int64   (B,)       all input_len
+        series   int64   (B,)
+        seasonal float32 (B, horizon, targets)    validation and test only
+    """
+
+    def __init__(self, directory: str, layout: ForecastLayout, batch_size: int, seed: int,
+                 rank: int, world: int):
+        self._layout, self._batch_size = layout, batch_size
+        self._seed, self._rank = seed, rank
+        features = len(layout.features)
+        self._splits = {split: Windows(read_share(directory, split, rank, world, features),
+                                       layout)
+                        for split in SPLITS}
+        if not len(self._splits["train"]):
+            raise DataError(
+                f"worker {rank} of {world} has no training window: the table has too few "
+                "windows to give every worker some; use fewer workers (scaling.num_workers) "
+                "or a longer table.")
+
+    def train_batch(self, step: int, curriculum=None) -> dict[str, torch.Tensor]:
+        """Batch `step`: the next `batch_size` windows of this epoch's permutation."""
+        windows = self._splits["train"]
+        count, size = len(windows), self._batch_size
+        positions = np.arange((step - 1) * size, step * size)
+        epochs, within = np.divmod(positions, count)
+        chosen = np.empty(size, np.int64)
+        for epoch in np.unique(epochs):
+            order = rng_for(self._seed, self._rank, 1, int(epoch)).permutation(count)
+            here = epochs == epoch
+            chosen[here] = order[within[here]]
+        return windows.batch(chosen, seasonal=False)
+
+    def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        return self._splits["val"].in_order()
+
+    def test_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self._splits["test"].in_order()
+
+
+class Windows:
+    """The windows of some stretches, over one contiguous array (see the module doc)."""
+
+    def __init__(self, stretches: list[Stretch], layout: ForecastLayout):
+        self._layout = layout
+        features = len(layout.features)
+        span = layout.context + layout.horizon
+        self._data = (np.concatenate([s.values for s in stretches]) if stretches
+                      else np.zeros((0, features), np.float32))
+        bases = np.cumsum([0] + [len(s.values) for s in stretches[:-1]])
+        starts, series = [], []
+        for base, stretch in zip(bases, stretches, strict=True):
+            offsets = window_offsets(len(stretch.values), layout.context, layout.horizon,
+                                     layout.stride)
+            starts.append(base + offsets)
+            series.append(np.full(len(offsets), stretch.series, np.int64))
+        self._starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        self._series = np.concatenate(series) if series else np.zeros(0, np.int64)
+        if layout.missing == "drop" and len(self._starts):
+            complete = _complete_windows(self._data, self._starts, span)
+            self._starts, self._series = self._starts[complete], self._series[complete]
+        targets = len(layout.targets)
+        context = layout.context
+        self._history = np.arange(context - layout.input_len, context)
+        self._future = np.arange(context, span)
+        lead = np.arange(layout.horizon)
+        self._lagged = context + lead - layout.season * (lead // layout.season + 1)
+        self._targets = targets
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def batch(self, chosen: np.ndarray, seasonal: bool) -> dict[str, torch.Tensor]:
+        starts = self._starts[chosen][:, None]
+        targets = self._targets
+        batch = {
+            "inputs": self._data[starts + self._history],
+            "targets": self._data[starts + self._future][:, :, :targets],
+            "lengths": np.full(len(chosen), self._layout.input_len, np.int64),
+            "series": self._series[chosen],
+        }
+        if seasonal:
+            batch["seasonal"] = self._data[starts + self._lagged][:, :, :targets]
+        return {name: torch.from_numpy(np.ascontiguousarray(array))
+                for name, array in batch.items()}
+
+    def in_order(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self), VALIDATION_BATCH):
+            yield self.batch(np.arange(start, min(start + VALIDATION_BATCH, len(self))),
+                             seasonal=True)
+
+
+def _complete_windows(data: np.ndarray, starts: np.ndarray, span: int) -> np.ndarray:
+    """Which windows touch no missing value (missing=drop), by a running count of gaps."""
+    gaps = np.concatenate([[0], np.cumsum(np.isnan(data).any(axis=1))])
+    return gaps[starts + span] - gaps[starts] == 0
+
+
+def _table(stretches: list[Stretch]) -> pa.Table:
+    flat = np.concatenate([s.values.reshape(-1) for s in stretches]).astype(np.float32)
+    offsets = np.cumsum([0] + [s.values.size for s in stretches]).astype(np.int32)
+    return pa.table({
+        "series": pa.array([s.series for s in stretches], pa.int32()),
+        "first": pa.array([s.first for s in stretches], pa.int64()),
+        "values": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+    })
