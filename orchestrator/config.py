@@ -33,15 +33,17 @@ from orchestrator.clipping import POLICIES as CLIP_POLICIES
 from orchestrator.curriculum import PROGRESS_DRIVEN, SCHEDULES
 from orchestrator.precision import PRECISIONS
 from pipelines.synthetic import TASK_NAMES
+from pipelines.timeseries import MISSING_POLICIES, NORMALIZATIONS, SeriesOptions
 
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and what is accepted."""
 
 
-def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    """A config field: its default, the sentence `--help` shows, and its accepted values."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _key(default: Any, help: str, choices: tuple[str, ...] = (), list: bool = False) -> Any:
+    """A config field: its default, the sentence `--help` shows, and its accepted values.
+    A `list` key is text that a YAML list may also give (joined with commas)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "list": list})
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -49,16 +51,49 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = _key("adding", "what to learn", ("parquet", *TASK_NAMES))
+    name: str = _key("adding", "what to learn", ("parquet", "timeseries", *TASK_NAMES))
     seq_len: int = _key(100, "sequence length T of a synthetic task (the distance to remember)")
     val_size: int = _key(1000, "rows in the fixed validation set of a synthetic task")
-    path: str = _key("", "parquet task: directory with train/ and val/ Parquet files")
+    path: str = _key("", "parquet task: directory with train/ and val/ Parquet files; "
+                         "timeseries: a CSV or Parquet file or a directory of Parquet files "
+                         "(local, s3:// or gs://)")
     num_classes: int = _key(
         0, "parquet task: number of classes, when the files do not carry rnn-orch metadata"
     )
+    time_column: str = _key("", "timeseries: the column of timestamps (or integer steps)")
+    targets: str = _key("", "timeseries: the columns to forecast (a list, or a, b)",
+                       list=True)
+    covariates: str = _key("", "timeseries: more input columns, only read from the past",
+                          list=True)
+    series_id: str = _key("", "timeseries: the column naming the series of a many-series "
+                              "table (empty = one series)")
+    input_len: int = _key(48, "timeseries: look-back steps the model reads")
+    horizon: int = _key(24, "timeseries: steps forecast at once")
+    stride: int = _key(1, "timeseries: steps between the starts of two windows")
+    val_fraction: float = _key(0.15, "timeseries: the share of each series, after the "
+                                     "training part, that validates")
+    test_fraction: float = _key(0.15, "timeseries: the share at the end of each series "
+                                      "that tests")
+    val_start: str = _key("", "timeseries: the time validation starts (with test_start, "
+                              "instead of the fractions)")
+    test_start: str = _key("", "timeseries: the time the test split starts")
+    normalize: str = _key("standard", "timeseries: per-series normalization, fitted on the "
+                                      "training split", NORMALIZATIONS)
+    missing: str = _key("interpolate", "timeseries: a gap in time or a missing value: "
+                                       "interpolate linearly, drop the windows that touch "
+                                       "it, or refuse the table", MISSING_POLICIES)
+    freq: str = _key("", "timeseries: the time step (1h, 15min, 1d); empty = the most "
+                         "common step between rows")
+    season: int = _key(0, "timeseries: steps in a season, for the seasonal-naive forecast "
+                          "and MASE (0 = from freq: a day below daily, a week for daily)")
+    quantiles: str = _key("", "timeseries: quantiles to forecast with the pinball loss, "
+                              "e.g. 0.1, 0.5, 0.9 (must include 0.5, the point forecast); "
+                              "empty = a point forecast with the squared error", list=True)
 
     def __post_init__(self) -> None:
         _positive(self, "seq_len", "val_size")
+        if self.name == "timeseries":
+            self._check_timeseries()
         if self.name == "parquet" and not self.path:
             raise ConfigError(
                 "task.path is empty but task.name is 'parquet': set task.path to a directory "
@@ -66,6 +101,59 @@ class TaskConfig:
             )
         if self.num_classes < 0:
             raise ConfigError(f"task.num_classes must be >= 0, got {self.num_classes}.")
+
+    def _check_timeseries(self) -> None:
+        for key in ("path", "time_column", "targets"):
+            if not getattr(self, key):
+                raise ConfigError(f"task.{key} is empty but task.name is 'timeseries': name "
+                                  f"{_TIMESERIES_NEEDS[key]}.")
+        _positive(self, "input_len", "horizon", "stride")
+        fractions = (self.val_fraction, self.test_fraction)
+        if not (all(0 < f < 1 for f in fractions) and sum(fractions) < 1):
+            raise ConfigError(f"task.val_fraction ({self.val_fraction}) and task."
+                              f"test_fraction ({self.test_fraction}) must each be in (0, 1), "
+                              "leaving a training part before them (their sum below 1).")
+        if bool(self.val_start) != bool(self.test_start):
+            raise ConfigError("task.val_start and task.test_start go together: give both "
+                              "cut-off times, or neither (then the fractions split).")
+        if self.season < 0:
+            raise ConfigError(f"task.season must be >= 0 (0 = from task.freq), got "
+                              f"{self.season}.")
+        quantiles = self.quantile_levels()
+        if quantiles and (0.5 not in quantiles or list(quantiles) != sorted(set(quantiles))
+                          or not all(0 < q < 1 for q in quantiles)):
+            raise ConfigError(f"task.quantiles is {self.quantiles!r}; expected increasing "
+                              "levels in (0, 1) that include 0.5, such as 0.1, 0.5, 0.9.")
+
+    def quantile_levels(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(q) for q in _items(self.quantiles))
+        except ValueError:
+            raise ConfigError(f"task.quantiles is {self.quantiles!r}; expected numbers such "
+                              "as 0.1, 0.5, 0.9.") from None
+
+    def series_options(self) -> SeriesOptions:
+        """The timeseries keys, as the data side takes them."""
+        return SeriesOptions(
+            time_column=self.time_column, targets=_items(self.targets),
+            covariates=_items(self.covariates), series_id=self.series_id,
+            input_len=self.input_len, horizon=self.horizon, stride=self.stride,
+            val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+            val_start=self.val_start, test_start=self.test_start, normalize=self.normalize,
+            missing=self.missing, freq=self.freq, season=self.season,
+            quantiles=self.quantile_levels())
+
+
+_TIMESERIES_NEEDS = {
+    "path": "the table: a CSV or Parquet file, or a directory of Parquet files",
+    "time_column": "the column that holds the time of each row",
+    "targets": "the column(s) to forecast",
+}
+
+
+def _items(text: str) -> tuple[str, ...]:
+    """`"a, b"` -> ("a", "b"): the value of a list key."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -279,6 +367,11 @@ class Config:
         curriculum = self.curriculum
         if curriculum.schedule == "none":
             return
+        if self.task.name == "timeseries":
+            raise ConfigError(
+                f"curriculum.schedule is {curriculum.schedule!r}, but forecasting windows "
+                "(task.name=timeseries) all have the same length; use curriculum.schedule="
+                "none.")
         if self.task.name == "parquet":
             return  # the data's difficulty range is checked against it when it is read
         if curriculum.difficulty != "length":
@@ -422,6 +515,8 @@ def _coerce(key: str, value: Any, kind: type, f: dataclasses.Field) -> Any:
         value = _float_or_text(value)  # YAML 1.1 reads `1e-3` (no dot) as text
     if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)  # run.name=2024 means the text "2024"
+    if kind is str and isinstance(value, list) and f.metadata.get("list"):
+        value = ", ".join(str(item) for item in value)  # task.targets: [pm, temp]
     ok = (
         (kind is bool and isinstance(value, bool))
         or (kind is int and isinstance(value, int) and not isinstance(value, bool))

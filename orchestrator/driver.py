@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,19 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator import checkpoints, tracking
 from orchestrator.config import Config
+from orchestrator.forecast_plot import plot_test_forecasts
+from orchestrator.forecaster import Forecaster
 from orchestrator.progress import ProgressBoard, ProgressPrinter
 from orchestrator.worker import train_loop_per_worker
 from pipelines.errors import DataError
 from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
+from pipelines.tables import read_table
+from pipelines.timeseries import ForecastLayout, prepare
+from pipelines.windows import read_layout, read_share, write_prepared
+
+PREPARED_DIR = "prepared_data"  # inside the run's directory, beside its checkpoints
 
 
 class TrainingFailed(RuntimeError):
@@ -74,8 +82,10 @@ def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if path and "://" not in path else path
 
 
-def task_info(config: Config) -> TaskInfo:
+def task_info(config: Config, layout: ForecastLayout | None = None) -> TaskInfo:
     """The task's shape (input/output sizes, kind, baseline), checking user data up front."""
+    if layout:
+        return TaskInfo("regression", len(layout.features), layout.output_size)
     if config.task.name == "parquet":
         root = Path(config.task.path)
         info = read_task_info(root / "train", config.task.num_classes or None)
@@ -105,7 +115,8 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     when the workers fail (the MLflow run is then marked FAILED, with everything it had),
     KeyboardInterrupt on Ctrl-C (the run is marked KILLED and can be resumed)."""
     started = time.monotonic()
-    info = task_info(config)
+    forecast = prepare_forecast(config) if config.task.name == "timeseries" else None
+    info = task_info(config, forecast and ForecastLayout.from_json(forecast["layout"]))
     quantiles = data_difficulty(config)
     start_ray(verbose)
     tracking.set_verbosity(verbose)
@@ -116,7 +127,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         tags={"ray.job_id": ray.get_runtime_context().get_job_id()},
     )
     board = ProgressBoard.remote()
-    loop_config = make_loop_config(config, info, quantiles, run_id, board)
+    loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast)
     try:
         with ProgressPrinter(board, config.train.steps, stream):
             result = make_trainer(config, loop_config, verbose).fit()
@@ -127,7 +138,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
         tracking.finish_run(uri, run_id, "KILLED")
         raise KeyboardInterrupt from None
-    best = log_final_model(result, uri, run_id)
+    best = log_final_model(result, uri, run_id, forecast)
     tracking.finish_run(uri, run_id, "FINISHED")
     return Outcome(
         run_name=config.run.name, run_id=run_id,
@@ -138,12 +149,30 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
 
 
 def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_id: str,
-                     board=None, init_checkpoint: ray.train.Checkpoint | None = None) -> dict:
+                     board=None, init_checkpoint: ray.train.Checkpoint | None = None,
+                     forecast: dict | None = None) -> dict:
     """What every worker's loop receives, as plain values (see `train_loop_per_worker`)."""
     return {"config": config.to_dict(), "task": dataclasses.asdict(info),
             "difficulty_quantiles": quantiles, "run_id": run_id,
             "tracking_uri": config.tracking.uri, "board": board,
-            "init_checkpoint": init_checkpoint}
+            "init_checkpoint": init_checkpoint, "forecast": forecast}
+
+
+def prepare_forecast(config: Config) -> dict:
+    """A forecasting run's data, prepared once into the run's directory (`directory`)
+    and described by its layout (`layout`, JSON). A resume finds it there and reuses it,
+    normalization included, without reading the table again."""
+    directory = f"{config.run.storage_path}/{config.run.name}/{PREPARED_DIR}"
+    layout = read_layout(directory)
+    if layout is None:
+        options = config.task.series_options()
+        table = read_table(config.task.path, time_column=options.time_column,
+                           value_columns=[*options.targets, *options.covariates],
+                           id_column=options.series_id)
+        layout, stretches = prepare(table, options, config.task.path)
+        del table
+        write_prepared(directory, layout, stretches)
+    return {"directory": directory, "layout": layout.to_json()}
 
 
 def make_trainer(config: Config, loop_config: dict, verbose: bool,
@@ -171,12 +200,26 @@ def make_trainer(config: Config, loop_config: dict, verbose: bool,
     )
 
 
-def log_final_model(result: ray.train.Result, uri: str, run_id: str) -> ray.train.Checkpoint:
-    """Log the model of the last checkpoint and the files of the best one; returns the best."""
+def log_final_model(result: ray.train.Result, uri: str, run_id: str,
+                    forecast: dict | None = None) -> ray.train.Checkpoint:
+    """Log the model of the last checkpoint and the files of the best one; returns the best.
+    A forecaster goes up as a servable pyfunc model, with its test-split plot."""
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
-        tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
+        if forecast is None:
+            tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
+            return best
+        forecaster = Forecaster.load(final_dir)
+        with tempfile.TemporaryDirectory() as plots:
+            stretch = first_test_stretch(forecast, forecaster.layout)
+            plot_test_forecasts(forecaster, stretch, plots)
+            tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
     return best
+
+
+def first_test_stretch(forecast: dict, layout: ForecastLayout):
+    """The first stored stretch of the test split (the first series' first)."""
+    return read_share(forecast["directory"], "test", 0, 1, len(layout.features))[0]
 
 
 def start_ray(verbose: bool) -> None:

@@ -32,6 +32,7 @@ def set_verbosity(verbose: bool) -> None:
     """Without --verbose, MLflow's own info lines (database migrations, the pickle notice
     for the model we log on purpose) stay out of the user's progress output."""
     logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if verbose else "false"
 
 
 def resolve_uri(configured: str, environ: dict[str, str]) -> str:
@@ -110,6 +111,63 @@ def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> str:
             mlflow.log_artifacts(checkpoint_dir, "best_checkpoint")
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri
+
+
+def log_forecaster(uri: str, run_id: str, forecaster, checkpoint_dir: str | None,
+                   plots_dir: str | None) -> str:
+    """Log a forecaster (`orchestrator.forecaster.Forecaster`) as a pyfunc model that
+    `mlflow models serve` answers forecast requests with (`orchestrator.serving`), the
+    best checkpoint's files and the forecast plots. Returns the model's URI, also kept as
+    the run's `rnn_orch.model_uri` tag.
+
+    `models`, `pipelines` and `orchestrator` travel with the model (`code_paths`); only
+    the forecaster's modules are imported when it loads, none of Ray.
+    """
+    import tempfile
+
+    import models
+    import orchestrator
+    import pipelines
+    from orchestrator.serving import ARTIFACT, ForecasterModel
+
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as directory, mlflow.start_run(run_id=run_id):
+        files = Path(directory) / ARTIFACT  # the folder's name is kept in the model
+        forecaster.save(files)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ForecasterModel(), artifacts={ARTIFACT: str(files)},
+            code_paths=[str(Path(package.__file__).parent)
+                        for package in (models, pipelines, orchestrator)],
+            pip_requirements=["torch", "numpy", "pyarrow", "pandas"],
+        )
+        if checkpoint_dir:
+            mlflow.log_artifacts(checkpoint_dir, "best_checkpoint")
+        if plots_dir:
+            mlflow.log_artifacts(plots_dir, "plots")
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def forecaster_files(model_uri: str) -> str:
+    """The local directory of a logged forecaster's files (runs:/..., models:/...),
+    downloaded from the store named by $MLFLOW_TRACKING_URI (default: ./mlflow.db)."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.serving import ARTIFACT
+    from pipelines.errors import DataError
+
+    mlflow.set_tracking_uri(resolve_uri("", dict(os.environ)))
+    try:
+        local = mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/artifacts")
+    except (MlflowException, OSError) as error:
+        raise DataError(f"{model_uri}: no forecaster found there ({_first_line(error)}); "
+                        "expected the model of a task.name=timeseries run, e.g. "
+                        "runs:/<run id>/model.") from None
+    return str(Path(local) / ARTIFACT)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def child_runs(uri: str, parent_run_id: str) -> dict[str, dict]:

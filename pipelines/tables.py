@@ -34,7 +34,16 @@ def read_table(path: str, *, time_column: str, value_columns: list[str],
     if len(set(columns)) != len(columns):
         raise DataError(f"{path}: a column is named twice among the time column, series id "
                         f"and value columns ({', '.join(columns)}); expected distinct columns.")
-    raw = _read_columns(path, columns)
+    return coerce_columns(_read_columns(path, columns), path, time_column=time_column,
+                          value_columns=value_columns, id_column=id_column)
+
+
+def coerce_columns(raw: pa.Table, path: str, *, time_column: str, value_columns: list[str],
+                   id_column: str = "") -> pa.Table:
+    """The columns of `raw` (read from `path`, named in errors) in the types the
+    forecasting side works in; see `read_table`."""
+    columns = [time_column, *([id_column] if id_column else []), *value_columns]
+    _check_columns(path, raw.schema, columns)
     result = {time_column: parse_time(raw[time_column], path, time_column)}
     if id_column:
         result[id_column] = pc.cast(raw[id_column], pa.string())

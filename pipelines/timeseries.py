@@ -123,6 +123,14 @@ class ForecastLayout:
                             else tuple(value) if isinstance(value, list) else value)
                       for key, value in raw.items()})
 
+    def options(self) -> SeriesOptions:
+        """The options that read tables the way the training table was read."""
+        return SeriesOptions(time_column=self.time_column, targets=self.targets,
+                             covariates=self.covariates, series_id=self.series_id,
+                             input_len=self.input_len, horizon=self.horizon,
+                             normalize=self.normalize, missing=self.missing,
+                             season=self.season, quantiles=self.quantiles)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(offset, scale) as float32 arrays of shape (series, features)."""
         return (np.asarray(self.offset, np.float32).reshape(len(self.series), -1),
@@ -153,19 +161,14 @@ def prepare(table: pa.Table, options: SeriesOptions, source: str
     """Check, grid, fill, split and normalize every series of `table` (as read by
     `tables.read_table`); `source` names the file in errors."""
     _check_options(options)
-    features = (*options.targets, *options.covariates)
-    time_kind = "index" if pa.types.is_integer(table[options.time_column].type) else "timestamp"
-    grouped = _group(table, options, source)
-    freq = _grid_step(grouped, options, time_kind, source)
+    all_series, freq, time_kind = grid_series(table, options, source)
     season = options.season or infer_season(freq, time_kind)
-    all_series = [_on_grid(name, times, values, freq, features, options, time_kind, source)
-                  for name, times, values in grouped]
     layout_rows, stretches = [], {split: [] for split in SPLITS}
     context = max(options.input_len, season)
     for index, series in enumerate(all_series):
         bounds = _split_bounds(series, freq, options, context, time_kind, source)
         train = series.values[:bounds[0]]
-        offset, scale = _fit_normalization(train, options.normalize)
+        offset, scale = fit_normalization(train, options.normalize)
         targets = train[:, :len(options.targets)]
         layout_rows.append((offset, scale, np.nanmean(targets, axis=0),
                             _seasonal_abs_sums(targets, season)))
@@ -190,6 +193,18 @@ def prepare(table: pa.Table, options: SeriesOptions, source: str
         mase_scale=tuple(map(float, mase_scale)),
     )
     return layout, stretches
+
+
+def grid_series(table: pa.Table, options: SeriesOptions, source: str, freq: int = 0,
+                ) -> tuple[list[Series], int, str]:
+    """Every series of `table` on its regular grid, with the grid step (`freq`, else
+    task.freq, else inferred) and the kind of time ("timestamp" or "index")."""
+    features = (*options.targets, *options.covariates)
+    time_kind = "index" if pa.types.is_integer(table[options.time_column].type) else "timestamp"
+    grouped = _group(table, options, source)
+    freq = _grid_step(grouped, options, time_kind, source, freq)
+    return ([_on_grid(name, times, values, freq, features, options, time_kind, source)
+             for name, times, values in grouped], freq, time_kind)
 
 
 def infer_season(freq: int, time_kind: str) -> int:
@@ -264,7 +279,7 @@ def _group(table: pa.Table, options: SeriesOptions, source: str
 
 
 def _grid_step(grouped: list[tuple[str, np.ndarray, np.ndarray]], options: SeriesOptions,
-               time_kind: str, source: str) -> int:
+               time_kind: str, source: str, freq: int) -> int:
     """The grid step: `task.freq`, or the most common step between consecutive rows.
     Checks that times increase strictly within every series."""
     column = options.time_column
@@ -283,8 +298,8 @@ def _grid_step(grouped: list[tuple[str, np.ndarray, np.ndarray]], options: Serie
                             f"{_time_text(times[row + 1], time_kind)}; expected rows in "
                             "increasing time order within each series.")
         steps.append(diffs)
-    if options.freq:
-        return parse_freq(options.freq, time_kind)
+    if freq or options.freq:
+        return freq or parse_freq(options.freq, time_kind)
     joined = np.concatenate(steps)
     if len(joined) == 0:
         raise DataError(f"{source}: every series has a single row; expected many time steps.")
@@ -405,7 +420,7 @@ def _target_ranges(bounds: tuple[int, int], steps: int, context: int, horizon: i
     return [(context, val - horizon), (val, test - horizon), (test, steps - horizon)]
 
 
-def _fit_normalization(train: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def fit_normalization(train: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) per feature from the training split; a constant feature keeps
     scale 1, so it is shifted but never divided by zero."""
     features = train.shape[1]
