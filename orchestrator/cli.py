@@ -175,7 +175,9 @@ def summary(outcome, config_path: str, config) -> str:
 def forecast_summary(final: dict[str, float]) -> list[str]:
     """The test errors of the model and of the naive forecasters, and a plain warning
     when the model does not beat persistence."""
-    lines = ["  test split (table units):        MAE        RMSE       MASE"]
+    lines = [f"  test split, checkpoint of step {int(final['test_checkpoint_step'])} (best "
+             "val_loss), in the table's units:",
+             "    forecaster                  MAE        RMSE       MASE"]
     for name, suffix in (("model", ""), ("persistence", "_persistence"),
                          ("seasonal naive", "_seasonal_naive"), ("training mean", "_mean")):
         lines.append(f"    {name:<28}{final[f'test_mae{suffix}']:<11.4g}"

@@ -35,7 +35,7 @@ from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
 from pipelines.tables import read_table
 from pipelines.timeseries import ForecastLayout, prepare
-from pipelines.windows import read_layout, read_share, write_prepared
+from pipelines.windows import Windows, read_layout, read_share, write_prepared
 
 PREPARED_DIR = "prepared_data"  # inside the run's directory, beside its checkpoints
 
@@ -138,12 +138,13 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
         tracking.finish_run(uri, run_id, "KILLED")
         raise KeyboardInterrupt from None
-    best = log_final_model(result, uri, run_id, forecast)
+    best, tested = log_final_model(result, uri, run_id, forecast)
     tracking.finish_run(uri, run_id, "FINISHED")
     return Outcome(
         run_name=config.run.name, run_id=run_id,
         experiment_id=experiment_id, resumed=resumed,
-        final=dict(result.metrics or {}), baseline=info.baseline, run_path=str(result.path),
+        final={**(result.metrics or {}), **tested}, baseline=info.baseline,
+        run_path=str(result.path),
         best_checkpoint=best.path, seconds=time.monotonic() - started,
     )
 
@@ -201,25 +202,29 @@ def make_trainer(config: Config, loop_config: dict, verbose: bool,
 
 
 def log_final_model(result: ray.train.Result, uri: str, run_id: str,
-                    forecast: dict | None = None) -> ray.train.Checkpoint:
-    """Log the model of the last checkpoint and the files of the best one; returns the best.
-    A forecaster goes up as a servable pyfunc model, with its test-split plot."""
+                    forecast: dict | None = None,
+                    ) -> tuple[ray.train.Checkpoint, dict[str, float]]:
+    """Log the model of the last checkpoint and the files of the best one; returns the
+    best, and the test figures of a forecaster.
+
+    A forecaster is chosen by validation: the best checkpoint's model is the one scored
+    on the test split (`test_*`, next to the naive forecasters), drawn, and logged as a
+    servable pyfunc model."""
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
         if forecast is None:
             tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
-            return best
-        forecaster = Forecaster.load(final_dir)
+            return best, {}
+        forecaster = Forecaster.load(best_dir)
+        layout = forecaster.layout
+        test = read_share(forecast["directory"], "test", 0, 1, len(layout.features))
+        tested = {**forecaster.evaluate(Windows(test, layout).in_order()),
+                  "test_checkpoint_step": float(checkpoints.load(best_dir)["step"])}
+        tracking.record(uri, run_id, metrics=tested)
         with tempfile.TemporaryDirectory() as plots:
-            stretch = first_test_stretch(forecast, forecaster.layout)
-            plot_test_forecasts(forecaster, stretch, plots)
+            plot_test_forecasts(forecaster, test[0], plots)
             tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
-    return best
-
-
-def first_test_stretch(forecast: dict, layout: ForecastLayout):
-    """The first stored stretch of the test split (the first series' first)."""
-    return read_share(forecast["directory"], "test", 0, 1, len(layout.features))[0]
+    return best, tested
 
 
 def start_ray(verbose: bool) -> None:

@@ -18,6 +18,7 @@ For every series of the table, the forecast starts one step after its last row:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pyarrow as pa
 import torch
 
 from models import ModelSpec, SequenceModel, build_model
+from orchestrator.forecasting import ForecastObjective
 from pipelines.errors import DataError
 from pipelines.timeseries import ForecastLayout, fit_normalization, grid_series
 from pipelines.windows import LAYOUT_FILE
@@ -87,6 +89,18 @@ class Forecaster:
         batch = torch.from_numpy(np.stack(inputs).astype(np.float32))
         outputs = self.model(batch).reshape(len(batch), layout.horizon, len(layout.targets), -1)
         return self._table(outputs.numpy(), rows, freq)
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]],
+                 prefix: str = "test") -> dict[str, float]:
+        """`<prefix>_mae`, `_rmse`, `_mase` (and `_coverage`) of the model and of the naive
+        forecasters over prepared windows (`pipelines.windows.Windows.in_order`)."""
+        objective = ForecastObjective(self.layout)
+        sums = torch.zeros(objective.sums_width, dtype=torch.float64)
+        for batch in batches:
+            sums += objective.validation_sums(self.model(batch["inputs"], batch["lengths"]),
+                                              batch)
+        return objective.summarize(sums, prefix)
 
     def _normalization(self, name: str, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if name in self.layout.series:

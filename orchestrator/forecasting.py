@@ -81,8 +81,8 @@ class ForecastObjective:
         }
         sums = [losses.sum(), torch.tensor(float(targets.numel()), device=device)]
         mase_scale = self._mase_scale.to(device)
-        for name in FORECASTERS:
-            error = guesses[name] - actual
+        for name in FORECASTERS:  # in float64: sums over a whole split stay exact
+            error = guesses[name].double() - actual.double()
             sums += [error.abs().sum(), error.square().sum(), (error.abs() / mase_scale).sum()]
         if self.layout.quantiles:
             low, high = original(forecast[..., 0]), original(forecast[..., -1])

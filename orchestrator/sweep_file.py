@@ -140,9 +140,14 @@ def _base_config(path: Path, data: dict, where: str) -> Config:
     fixed = _mapping(data.get("fixed", {}), "fixed", where)
     _known_keys(fixed, "fixed", where)
     try:
-        return with_values(load_config(base_path), fixed)
+        base = with_values(load_config(base_path), fixed)
     except ConfigError as exc:
         raise SweepError(f"{where}: base or fixed: {exc}") from None
+    if base.task.name == "timeseries":
+        raise SweepError(f"{where}: base: task.name=timeseries cannot be swept yet (each "
+                         "trial would prepare the table again, and trials log PyTorch "
+                         "models, not forecasters); train it with `rnn-orch train`.")
+    return base
 
 
 def _draws(raw: Any, section: str, base: Config, where: str, required: bool) -> dict[str, Draw]:

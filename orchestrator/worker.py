@@ -117,8 +117,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if step % config.train.eval_every == 0 or step == config.train.steps:
             validation = validate(model, batches.validation_batches(), objective, place)
             validation |= advance_curriculum(curriculum, model, batches, objective, place)
-            if step == config.train.steps and hasattr(batches, "test_batches"):
-                validation |= validate(model, batches.test_batches(), objective, place, "test")
             if recorder:
                 recorder.validation(step, validation)
             parts = None
@@ -374,10 +372,8 @@ def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches,
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
-             objective: objectives.Objective, place: Place,
-             prefix: str = "val") -> dict[str, float]:
-    """Validation over a whole set (`prefix` "test": the test split, at the end): each
-    rank sums over its slice, then one all-reduce.
+             objective: objectives.Objective, place: Place) -> dict[str, float]:
+    """Validation over a whole set: each rank sums over its slice, then one all-reduce.
 
     The unwrapped module is used: ranks may hold slices of different sizes, and a DDP
     forward could wait for collectives the other ranks never start.
@@ -390,7 +386,7 @@ def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
         sums += objective.validation_sums(module(batch["inputs"], batch["lengths"]), batch)
     if distributed():
         dist.all_reduce(sums)
-    return objective.summarize(sums, prefix)
+    return objective.summarize(sums)
 
 
 def report(step: int, figures: dict[str, float], model: torch.nn.Module,

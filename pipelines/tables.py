@@ -93,16 +93,17 @@ def _numeric(column: pa.ChunkedArray, path: str, name: str) -> pa.ChunkedArray:
         try:  # "NA" and "" are nulls already; numbers written as text are accepted
             return pc.cast(column, pa.float64())
         except pa.ArrowInvalid:
-            bad = next(v for v in column.to_pylist() if v is not None and not _is_number(v))
+            bad = next(v for v in column.to_pylist() if not _is_number(v))
             raise DataError(f"{path}: column `{name}` holds {bad!r}; expected numbers "
                             "(an empty cell is a missing value).") from None
     raise DataError(f"{path}: column `{name}` has type {kind}; expected numbers.")
 
 
-def _is_number(text: str) -> bool:
+def _is_number(text: str | None) -> bool:
+    """Whether Arrow reads `text` as a number (Python's float() is laxer: " 1", "1_0")."""
     try:
-        float(text)
-    except ValueError:
+        pc.cast(pa.array([text], pa.string()), pa.float64())
+    except pa.ArrowInvalid:
         return False
     return True
 

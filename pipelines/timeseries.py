@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -316,7 +317,8 @@ def parse_freq(text: str, time_kind: str) -> int:
         if time_kind == "index":
             step = int(text)
         else:
-            step = int(pd.Timedelta(text).value)
+            # pandas deprecates the unit "d" (1d), which task.freq documents: say D
+            step = int(pd.Timedelta(re.sub(r"(?<=\d)\s*d$", "D", text.strip())).value)
     except ValueError:
         raise DataError(f"task.freq is {text!r}; expected a duration such as 1h, 15min or "
                         "1d (or a whole number of steps for an integer time column)."
@@ -379,8 +381,8 @@ def _split_bounds(series: Series, freq: int, options: SeriesOptions, context: in
         val = _position(options.val_start, "task.val_start", series, freq, time_kind)
         test = _position(options.test_start, "task.test_start", series, freq, time_kind)
     else:
-        test = steps - math.floor(steps * options.test_fraction)
-        val = test - math.floor(steps * options.val_fraction)
+        test = steps - _share(steps, options.test_fraction)
+        val = test - _share(steps, options.val_fraction)
     need = options.horizon
     where = f"series {series.name!r}" if options.series_id else "the series"
     sizes = {"train": val, "val": test - val, "test": steps - test}
@@ -397,6 +399,11 @@ def _split_bounds(series: Series, freq: int, options: SeriesOptions, context: in
     return val, test
 
 
+def _share(steps: int, fraction: float) -> int:
+    """floor(steps * fraction), immune to binary rounding (100 * 0.29 is 28.999...)."""
+    return math.floor(round(steps * fraction, 6))
+
+
 def _position(text: str, key: str, series: Series, freq: int, time_kind: str) -> int:
     """The first grid position at or after the cut-off time `text`."""
     if not text:
@@ -409,7 +416,8 @@ def _position(text: str, key: str, series: Series, freq: int, time_kind: str) ->
     except ValueError:
         raise DataError(f"{key} is {text!r}; expected a time such as 2014-06-01 or "
                         "2014-06-01 00:00:00.") from None
-    return int(np.clip(math.ceil((moment - series.start) / freq), 0, len(series.values)))
+    first = -((series.start - moment) // freq)  # ceil in integers: float division drops ns
+    return int(np.clip(first, 0, len(series.values)))
 
 
 def _target_ranges(bounds: tuple[int, int], steps: int, context: int, horizon: int,

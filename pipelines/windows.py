@@ -92,16 +92,16 @@ def read_share(directory: str, split: str, rank: int, world: int,
 
 
 class WindowBatches:
-    """The batches of one worker: `train_batch(step)`, `validation_batches()` and
-    `test_batches()`, in the batch format of the training loop plus `series` (each row's
-    series index) and, for validation and test, `seasonal` (the seasonal-naive forecast,
-    normalized).
+    """The batches of one worker: `train_batch(step)` and `validation_batches()`, in the
+    batch format of the training loop plus `series` (each row's series index) and, for
+    validation, `seasonal` (the seasonal-naive forecast, normalized). The test split is
+    scored on the driver once training is over (`orchestrator.driver.log_final_model`).
 
         inputs   float32 (B, input_len, features)
         targets  float32 (B, horizon, targets)
         lengths  int64   (B,)       all input_len
         series   int64   (B,)
-        seasonal float32 (B, horizon, targets)    validation and test only
+        seasonal float32 (B, horizon, targets)    validation only
     """
 
     def __init__(self, directory: str, layout: ForecastLayout, batch_size: int, seed: int,
@@ -111,7 +111,7 @@ class WindowBatches:
         features = len(layout.features)
         self._splits = {split: Windows(read_share(directory, split, rank, world, features),
                                        layout)
-                        for split in SPLITS}
+                        for split in ("train", "val")}
         if not len(self._splits["train"]):
             raise DataError(
                 f"worker {rank} of {world} has no training window: the table has too few "
@@ -134,9 +134,6 @@ class WindowBatches:
     def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         return self._splits["val"].in_order()
 
-    def test_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self._splits["test"].in_order()
-
 
 class Windows:
     """The windows of some stretches, over one contiguous array (see the module doc)."""
@@ -147,7 +144,7 @@ class Windows:
         span = layout.context + layout.horizon
         self._data = (np.concatenate([s.values for s in stretches]) if stretches
                       else np.zeros((0, features), np.float32))
-        bases = np.cumsum([0] + [len(s.values) for s in stretches[:-1]])
+        bases = np.cumsum([0] + [len(s.values) for s in stretches])[:-1]  # [] for none
         starts, series = [], []
         for base, stretch in zip(bases, stretches, strict=True):
             offsets = window_offsets(len(stretch.values), layout.context, layout.horizon,
