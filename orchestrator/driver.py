@@ -33,9 +33,16 @@ from pipelines.errors import DataError
 from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
-from pipelines.tables import read_table
-from pipelines.timeseries import ForecastLayout, prepare
-from pipelines.windows import Windows, read_layout, read_share, write_prepared
+from pipelines.tables import parquet_shards, read_table
+from pipelines.timeseries import ForecastLayout, SeriesOptions, merge_layouts, prepare
+from pipelines.windows import (
+    Windows,
+    discard_prepared,
+    read_layout,
+    read_share,
+    write_layout,
+    write_prepared,
+)
 
 PREPARED_DIR = "prepared_data"  # inside the run's directory, beside its checkpoints
 
@@ -162,18 +169,55 @@ def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_i
 def prepare_forecast(config: Config) -> dict:
     """A forecasting run's data, prepared once into the run's directory (`directory`)
     and described by its layout (`layout`, JSON). A resume finds it there and reuses it,
-    normalization included, without reading the table again."""
+    normalization included, without reading the table again.
+
+    A table in one file is prepared here, in the driver's memory. A directory of Parquet
+    shards with a series id, each shard holding whole series, is prepared shard by shard
+    in Ray tasks, so no process ever holds more than one shard: a table larger than one
+    machine's memory is prepared by the cluster.
+    """
     directory = f"{config.run.storage_path}/{config.run.name}/{PREPARED_DIR}"
     layout = read_layout(directory)
     if layout is None:
+        discard_prepared(directory)  # an earlier attempt's files, if it stopped half-way
         options = config.task.series_options()
-        table = read_table(config.task.path, time_column=options.time_column,
-                           value_columns=[*options.targets, *options.covariates],
-                           id_column=options.series_id)
-        layout, stretches = prepare(table, options, config.task.path)
-        del table
-        write_prepared(directory, layout, stretches)
+        shards = parquet_shards(config.task.path) if options.series_id else []
+        try:
+            if len(shards) > 1:
+                start_ray(verbose=False)
+                work = ray.remote(prepare_table).options(num_cpus=1)
+                tasks = [work.remote(shard, options, directory, f"shard{i:05d}")
+                         for i, shard in enumerate(shards)]
+                layout = merge_layouts(_results(tasks), config.task.path)
+            else:
+                layout = prepare_table(config.task.path, options, directory)
+        except DataError:
+            discard_prepared(directory)
+            raise
+        write_layout(directory, layout)
     return {"directory": directory, "layout": layout.to_json()}
+
+
+def prepare_table(path: str, options: SeriesOptions, directory: str,
+                  prefix: str = "part") -> ForecastLayout:
+    """Read, prepare and store the table (or shard) at `path`; returns its layout."""
+    table = read_table(path, time_column=options.time_column,
+                       value_columns=[*options.targets, *options.covariates],
+                       id_column=options.series_id)
+    layout, stretches = prepare(table, options, path)
+    del table
+    write_prepared(directory, layout, stretches, prefix)
+    return layout
+
+
+def _results(tasks: list) -> list:
+    """The tasks' results; bad data in a task raises its own DataError, not Ray's."""
+    try:
+        return ray.get(tasks)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, DataError):
+            raise DataError(str(error.cause)) from None
+        raise
 
 
 def make_trainer(config: Config, loop_config: dict, verbose: bool,
@@ -217,7 +261,7 @@ def log_final_model(result: ray.train.Result, uri: str, run_id: str,
             return best, {}
         forecaster = Forecaster.load(best_dir)
         layout = forecaster.layout
-        test = read_share(forecast["directory"], "test", 0, 1, len(layout.features))
+        test = read_share(forecast["directory"], "test", 0, 1, layout)
         tested = {**forecaster.evaluate(Windows(test, layout).in_order()),
                   "test_checkpoint_step": float(checkpoints.load(best_dir)["step"])}
         tracking.record(uri, run_id, metrics=tested)

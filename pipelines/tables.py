@@ -139,6 +139,18 @@ def _read_columns(path: str, columns: list[str]) -> pa.Table:
     return dataset.to_table(columns=columns)
 
 
+def parquet_shards(path: str) -> list[str]:
+    """The Parquet files of a directory `path` (as paths or URIs like `path`), or [path]
+    for a single file."""
+    filesystem, where = filesystem_of(path)
+    if filesystem.get_file_info(where).type != pafs.FileType.Directory:
+        return [path]
+    scheme = path.split("://")[0] + "://" if "://" in path else ""
+    selector = pafs.FileSelector(where, recursive=True)
+    return sorted(scheme + info.path for info in filesystem.get_file_info(selector)
+                  if info.path.endswith(".parquet"))
+
+
 def _check_columns(path: str, schema: pa.Schema, columns: list[str]) -> None:
     missing = [name for name in columns if name not in schema.names]
     if missing:

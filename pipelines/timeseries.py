@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -97,6 +97,7 @@ class ForecastLayout:
     scale: tuple[tuple[float, ...], ...]
     train_mean: tuple[tuple[float, ...], ...]
     mase_scale: tuple[float, ...]
+    mase_counts: tuple[float, ...] = ()  # the steps mase_scale averages, to pool shards
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -191,9 +192,39 @@ def prepare(table: pa.Table, options: SeriesOptions, source: str
         offset=tuple(tuple(map(float, row[0])) for row in layout_rows),
         scale=tuple(tuple(map(float, row[1])) for row in layout_rows),
         train_mean=tuple(tuple(map(float, row[2])) for row in layout_rows),
-        mase_scale=tuple(map(float, mase_scale)),
+        mase_scale=tuple(map(float, mase_scale)), mase_counts=tuple(map(float, counts)),
     )
     return layout, stretches
+
+
+def merge_layouts(parts: list[ForecastLayout], source: str) -> ForecastLayout:
+    """One layout from the layouts of shards prepared apart: their series side by side,
+    the MASE scale pooled over all of them. Shards must agree on the time grid, and a
+    series must lie in one shard (its split and normalization need all of it)."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.freq, part.time_kind, part.season) != (first.freq, first.time_kind,
+                                                        first.season):
+            raise DataError(f"{source}: the shards have different time steps "
+                            f"({_freq_text(first.freq, first.time_kind)} and "
+                            f"{_freq_text(part.freq, part.time_kind)}); expected one grid for "
+                            "the whole table (set task.freq).")
+    names = [name for part in parts for name in part.series]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"{source}: series {twice!r} ({first.series_id}) appears in two "
+                        "Parquet shards; expected each series in one shard (shards are "
+                        "prepared apart, and a series' split and normalization need all of "
+                        "it).")
+    counts = np.sum([part.mase_counts for part in parts], axis=0)
+    sums = np.sum([np.multiply(part.mase_scale, part.mase_counts) for part in parts], axis=0)
+    return replace(first, series=tuple(names),
+                   offset=sum((part.offset for part in parts), ()),
+                   scale=sum((part.scale for part in parts), ()),
+                   train_mean=sum((part.train_mean for part in parts), ()),
+                   mase_scale=tuple(map(float, np.where(sums > 0, sums / np.maximum(counts, 1),
+                                                        1.0))),
+                   mase_counts=tuple(map(float, counts)))
 
 
 def grid_series(table: pa.Table, options: SeriesOptions, source: str, freq: int = 0,

@@ -3,8 +3,8 @@
 Storage (written once by the driver, read by every worker; a resume reuses it):
 
     <dir>/layout.json                the ForecastLayout (columns, grid, normalization)
-    <dir>/{train,val,test}/part-NNNNN.parquet
-        series  int32                index into layout.series
+    <dir>/{train,val,test}/<prefix>-NNNNN.parquet    (one prefix per prepared shard)
+        series  string               the series' name (layout.series)
         first   int64                grid position of the stretch's first step
         values  list<float32>        (steps x features), row-major
 
@@ -42,18 +42,32 @@ VALIDATION_BATCH = 256
 
 
 def write_prepared(directory: str, layout: ForecastLayout,
-                   stretches: dict[str, list[Stretch]]) -> None:
-    """Write the layout and every split's stretches under `directory` (local or a URI)."""
+                   stretches: dict[str, list[Stretch]], prefix: str = "part") -> None:
+    """Write every split's stretches under `directory` (local or a URI), in files named
+    `<prefix>-NNNNN.parquet`; `layout` names their series. The layout itself is written
+    by `write_layout`, last, once every shard is written."""
     filesystem, root = filesystem_of(directory)
     for split in SPLITS:
         filesystem.create_dir(f"{root}/{split}", recursive=True)
         rows = stretches[split]
         for part, start in enumerate(range(0, len(rows), STRETCHES_PER_FILE)):
-            pq.write_table(_table(rows[start:start + STRETCHES_PER_FILE]),
-                           f"{root}/{split}/part-{part:05d}.parquet", filesystem=filesystem)
-    # the layout last: its presence means the data is complete
+            pq.write_table(_table(rows[start:start + STRETCHES_PER_FILE], layout.series),
+                           f"{root}/{split}/{prefix}-{part:05d}.parquet",
+                           filesystem=filesystem)
+
+
+def write_layout(directory: str, layout: ForecastLayout) -> None:
+    """Write the layout: its presence means the prepared data is complete."""
+    filesystem, root = filesystem_of(directory)
     with filesystem.open_output_stream(f"{root}/{LAYOUT_FILE}") as stream:
         stream.write(layout.to_json().encode())
+
+
+def discard_prepared(directory: str) -> None:
+    """Remove data prepared under `directory`, if any."""
+    filesystem, root = filesystem_of(directory)
+    if filesystem.get_file_info(root).type == pafs.FileType.Directory:
+        filesystem.delete_dir(root)
 
 
 def read_layout(directory: str) -> ForecastLayout | None:
@@ -67,8 +81,10 @@ def read_layout(directory: str) -> ForecastLayout | None:
 
 
 def read_share(directory: str, split: str, rank: int, world: int,
-               features: int) -> list[Stretch]:
+               layout: ForecastLayout) -> list[Stretch]:
     """This rank's stretches of a split: rows rank, rank + world, ... in file order."""
+    index = {name: i for i, name in enumerate(layout.series)}
+    features = len(layout.features)
     filesystem, root = filesystem_of(directory)
     selector = pafs.FileSelector(f"{root}/{split}")
     files = sorted(info.path for info in filesystem.get_file_info(selector)
@@ -81,12 +97,12 @@ def read_share(directory: str, split: str, rank: int, world: int,
             if not mine.any():
                 continue
             batch = batch.filter(pa.array(mine))
-            series = batch.column("series").to_numpy()
+            series = batch.column("series").to_pylist()
             first = batch.column("first").to_numpy()
             values = batch.column("values")
             for i in range(batch.num_rows):
                 flat = values[i].values.to_numpy(zero_copy_only=False)
-                share.append(Stretch(int(series[i]), int(first[i]),
+                share.append(Stretch(index[series[i]], int(first[i]),
                                      flat.reshape(-1, features)))
     return share
 
@@ -108,8 +124,8 @@ class WindowBatches:
                  rank: int, world: int):
         self._layout, self._batch_size = layout, batch_size
         self._seed, self._rank = seed, rank
-        features = len(layout.features)
-        self._splits = {split: Windows(read_share(directory, split, rank, world, features),
+        self._orders: dict[int, np.ndarray] = {}
+        self._splits = {split: Windows(read_share(directory, split, rank, world, layout),
                                        layout)
                         for split in ("train", "val")}
         if not len(self._splits["train"]):
@@ -126,10 +142,16 @@ class WindowBatches:
         epochs, within = np.divmod(positions, count)
         chosen = np.empty(size, np.int64)
         for epoch in np.unique(epochs):
-            order = rng_for(self._seed, self._rank, 1, int(epoch)).permutation(count)
             here = epochs == epoch
-            chosen[here] = order[within[here]]
+            chosen[here] = self._order(int(epoch), count)[within[here]]
         return windows.batch(chosen, seasonal=False)
+
+    def _order(self, epoch: int, count: int) -> np.ndarray:
+        """The windows' order in `epoch`, drawn once per epoch (drawing costs time in
+        proportion to the windows) and kept until the next one."""
+        if epoch not in self._orders:
+            self._orders = {epoch: rng_for(self._seed, self._rank, 1, epoch).permutation(count)}
+        return self._orders[epoch]
 
     def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         return self._splits["val"].in_order()
@@ -193,11 +215,11 @@ def _complete_windows(data: np.ndarray, starts: np.ndarray, span: int) -> np.nda
     return gaps[starts + span] - gaps[starts] == 0
 
 
-def _table(stretches: list[Stretch]) -> pa.Table:
+def _table(stretches: list[Stretch], names: tuple[str, ...]) -> pa.Table:
     flat = np.concatenate([s.values.reshape(-1) for s in stretches]).astype(np.float32)
     offsets = np.cumsum([0] + [s.values.size for s in stretches]).astype(np.int32)
     return pa.table({
-        "series": pa.array([s.series for s in stretches], pa.int32()),
+        "series": pa.array([names[s.series] for s in stretches], pa.string()),
         "first": pa.array([s.first for s in stretches], pa.int64()),
         "values": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
     })

@@ -30,7 +30,8 @@ HORIZON = 6
 
 
 def write_table(path: Path, steps: int = 900) -> pd.DataFrame:
-    """Two hourly series, a daily cycle plus a covariate, noise, a few missing values."""
+    """Two hourly series, a daily cycle plus a covariate, noise, a few missing values,
+    written as a directory of Parquet shards."""
     rng = np.random.default_rng(0)
     frames = []
     for station, level, amplitude in (("north", 50.0, 10.0), ("south", 20.0, 4.0)):
@@ -43,13 +44,15 @@ def write_table(path: Path, steps: int = 900) -> pd.DataFrame:
                                     "station": station, "load": load, "temp": temp}))
     table = pd.concat(frames, ignore_index=True)
     table.loc[[100, 1300], "load"] = np.nan  # interpolated (task.missing default)
-    table.to_csv(path, index=False)
+    path.mkdir()  # one Parquet shard per station: prepared in two Ray tasks
+    for station, rows in table.groupby("station"):
+        rows.to_parquet(path / f"{station}.parquet", index=False)
     return table
 
 
 def write_config(workdir: Path) -> Path:
     config = {
-        "task": {"name": "timeseries", "path": "load.csv", "time_column": "time",
+        "task": {"name": "timeseries", "path": "load", "time_column": "time",
                  "targets": ["load"], "covariates": ["temp"], "series_id": "station",
                  "input_len": 24, "horizon": HORIZON, "quantiles": [0.1, 0.5, 0.9]},
         "model": {"cell": "gru", "hidden_size": 32},
@@ -66,7 +69,7 @@ def write_config(workdir: Path) -> Path:
 
 def test_forecaster_trains_beats_naive_forecasts_predicts_and_serves(ray_address, workdir,
                                                                     cli_env):
-    table = write_table(workdir / "load.csv")
+    table = write_table(workdir / "load")
     config = driver.resolve(load_config(write_config(workdir)), {})
     outcome = driver.train(config)
 
@@ -147,3 +150,17 @@ def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 180) -> N
         except OSError:
             time.sleep(1)
     raise AssertionError(f"mlflow models serve did not answer {url} in {seconds} s")
+
+
+def test_a_series_split_over_two_shards_is_refused_naming_it(cli_env, workdir):
+    table = write_table(workdir / "load")
+    north = table[table.station == "north"]
+    north.iloc[:400].to_parquet(workdir / "load" / "north.parquet", index=False)
+    north.iloc[400:].to_parquet(workdir / "load" / "north-rest.parquet", index=False)
+    done = subprocess.run([BIN / "rnn-orch", "train", write_config(workdir)], env=cli_env,
+                          capture_output=True, text=True, cwd=workdir)
+    assert done.returncode == 2, done.stderr
+    assert "series 'north' (station) appears in two Parquet shards" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (workdir / "mlflow.db").exists()
+    assert not (workdir / "runs" / "forecast" / "prepared_data").exists()

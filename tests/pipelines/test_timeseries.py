@@ -24,6 +24,7 @@ from pipelines.tables import read_table
 from pipelines.timeseries import (
     SeriesOptions,
     infer_season,
+    merge_layouts,
     parse_freq,
     prepare,
     window_offsets,
@@ -491,3 +492,26 @@ def test_directory_of_parquet_shards_reads_as_one_table(tmp_path):
     layout, stretches = load(str(shards), replace(options(), input_len=4))
     stored = reassemble(stretches, 0)
     assert [stored[i][0] for i in range(100)] == list(range(100))
+
+
+def test_shards_prepared_apart_merge_into_one_layout_with_a_pooled_mase_scale():
+    options = SeriesOptions(time_column="time", targets=("y",), series_id="id",
+                            input_len=4, horizon=2, season=1, normalize="none")
+    steps = np.arange(40)
+
+    def shard(name: str, slope: float) -> pa.Table:
+        return pa.table({"time": pa.array(steps * 3600 * 10**9, pa.timestamp("ns")),
+                         "id": [name] * 40, "y": slope * steps.astype(float)})
+
+    parts = [prepare(shard(name, slope), options, name)[0]
+             for name, slope in (("a", 1.0), ("b", 3.0))]
+    merged = merge_layouts(parts, "table/")
+    assert merged.series == ("a", "b")
+    assert merged.train_mean == parts[0].train_mean + parts[1].train_mean
+    assert merged.mase_scale == pytest.approx((2.0,))  # |dy| is 1 in a, 3 in b: pooled 2
+    with pytest.raises(DataError, match="series 'a' .* appears in two Parquet shards"):
+        merge_layouts([parts[0], parts[0]], "table/")
+    hourly_and_daily = [parts[0], prepare(shard("c", 1.0).set_column(
+        0, "time", pa.array(steps * 86400 * 10**9, pa.timestamp("ns"))), options, "c")[0]]
+    with pytest.raises(DataError, match="different time steps"):
+        merge_layouts(hourly_and_daily, "table/")

@@ -11,7 +11,14 @@ import pytest
 from pipelines import timeseries, windows
 from pipelines.errors import DataError
 from pipelines.timeseries import SPLITS, SeriesOptions, prepare
-from pipelines.windows import WindowBatches, Windows, read_layout, read_share, write_prepared
+from pipelines.windows import (
+    WindowBatches,
+    Windows,
+    read_layout,
+    read_share,
+    write_layout,
+    write_prepared,
+)
 
 SEASON, INPUT_LEN, HORIZON = 3, 4, 5
 
@@ -34,6 +41,7 @@ def prepared(tmp_path, monkeypatch, per_stretch=8, per_file=2):
     layout, stretches = prepare(table, options, "memory")
     directory = str(tmp_path / "prepared")
     write_prepared(directory, layout, stretches)
+    write_layout(directory, layout)
     return directory, layout, stretches
 
 
@@ -47,7 +55,7 @@ def test_round_trip(tmp_path, monkeypatch):
     assert read_layout(directory) == layout
     assert len(list((tmp_path / "prepared" / "train").glob("*.parquet"))) > 1
     for split in SPLITS:
-        back = read_share(directory, split, 0, 1, len(layout.features))
+        back = read_share(directory, split, 0, 1, layout)
         assert [key(s) for s in back] == [key(s) for s in stretches[split]]
         for mine, theirs in zip(back, stretches[split], strict=True):
             assert mine.values.dtype == np.float32
@@ -58,7 +66,7 @@ def test_round_trip(tmp_path, monkeypatch):
 def test_shares_are_disjoint_and_cover_every_stretch(tmp_path, monkeypatch, world):
     directory, layout, stretches = prepared(tmp_path, monkeypatch)
     for split in SPLITS:
-        shares = [[key(s) for s in read_share(directory, split, rank, world, 2)]
+        shares = [[key(s) for s in read_share(directory, split, rank, world, layout)]
                   for rank in range(world)]
         every = [key(s) for s in stretches[split]]
         assert sorted(sum(shares, [])) == sorted(every)  # each once: disjoint and covering
