@@ -169,8 +169,16 @@ def filesystem_of(path: str) -> tuple[pafs.FileSystem, str]:
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write `table` as CSV or Parquet, by the file name's suffix."""
+    """Write `table` as CSV or Parquet, by the file name's suffix. Times in whole seconds
+    are written as such (CSV would otherwise spell out nine zeros of nanoseconds)."""
     path = str(path)
+    for index, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            try:
+                table = table.set_column(index, field.name,
+                                         pc.cast(table[field.name], pa.timestamp("s")))
+            except pa.ArrowInvalid:  # sub-second times stay as they are
+                pass
     if path.endswith(".parquet"):
         pq.write_table(table, path)
     elif path.endswith(".csv"):
