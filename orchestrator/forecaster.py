@@ -52,7 +52,7 @@ class Forecaster:
                             "(expected a checkpoint or model of a task.name=timeseries run).")
         layout = ForecastLayout.from_json(layout_file.read_text())
         if (directory / WEIGHTS_FILE).is_file():
-            state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            state = checkpoints.load_weights_only(directory / WEIGHTS_FILE)
             model = build_model(ModelSpec(**state["spec"]))
             model.load_state_dict(state["model"])
         else:
