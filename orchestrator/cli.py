@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override config keys, e.g. model.cell=gru train.steps=500")
     train.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    train.add_argument("--register", metavar="NAME",
+                       help="register the trained model in MLflow's model registry as NAME")
+    train.add_argument("--alias", metavar="ALIAS",
+                       help="with --register: point models:/NAME@ALIAS at the new version")
     train.set_defaults(run=_train)
 
     sweep = commands.add_parser(
@@ -101,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    if args.alias and not args.register:
+        raise ConfigError("--alias names an alias of the registered model: give --register "
+                          "NAME too.")
     # Ray is imported only now: `--help` and bad configs answer without waiting for it.
     from orchestrator import driver
 
@@ -122,6 +129,13 @@ def _train(args: argparse.Namespace) -> int:
               f"{resume_command(args.config, config.run.name)}", flush=True)
         return EXIT_INTERRUPTED
     print(summary(outcome, args.config, config))
+    if args.register:
+        from orchestrator import tracking
+
+        version = tracking.register_model(config.tracking.uri, outcome.model_uri, args.register,
+                                          args.alias)
+        alias = f", alias models:/{args.register}@{args.alias}" if args.alias else ""
+        print(f"  registered:  models:/{args.register}/{version}{alias}")
     return EXIT_OK
 
 

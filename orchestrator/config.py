@@ -40,10 +40,19 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and what is accepted."""
 
 
-def _key(default: Any, help: str, choices: tuple[str, ...] = (), list: bool = False) -> Any:
+def _key(default: Any, help: str, choices: tuple[str, ...] = (), list: bool = False,
+         name: str = "") -> Any:
     """A config field: its default, the sentence `--help` shows, and its accepted values.
-    A `list` key is text that a YAML list may also give (joined with commas)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "list": list})
+    A `list` key is text that a YAML list may also give (joined with commas). `name` is
+    the key's name in YAML when it cannot be the field's (`init.from`: `from` is a Python
+    keyword)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "list": list,
+                                            "name": name})
+
+
+def _name(f: dataclasses.Field) -> str:
+    """A field's key in YAML, overrides and MLflow params."""
+    return f.metadata.get("name") or f.name
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -293,6 +302,34 @@ class CurriculumConfig:
 
 
 @dataclass(frozen=True)
+class InitConfig:
+    from_: str = _key(
+        "", "start from a trained model: models:/name/version, models:/name@alias, "
+        "runs:/<run id>/model, or a checkpoint directory; weights that match by name and "
+        "shape are loaded, the rest is new (empty = from scratch)", name="from")
+    freeze: str = _key(
+        "", "parameter name patterns kept frozen all run (fnmatch, e.g. rnn.*_l0 or rnn.*)",
+        list=True)
+    unfreeze_every: int = _key(
+        0, "gradual unfreezing (ULMFiT): the head trains alone first, then every this many "
+        "steps the next recurrent layer down joins (0 = everything trains from the start)")
+    lr_decay: float = _key(
+        1.0, "discriminative learning rates: each layer below the head trains at the rate "
+        "of the layer above divided by this (1 = one rate for all)")
+
+    def patterns(self) -> tuple[str, ...]:
+        return _items(self.freeze)
+
+    def __post_init__(self) -> None:
+        if self.unfreeze_every < 0:
+            raise ConfigError(f"init.unfreeze_every must be >= 0 (0 = off), got "
+                              f"{self.unfreeze_every}.")
+        if self.lr_decay < 1:
+            raise ConfigError(f"init.lr_decay must be >= 1 (1 = one rate for all layers), "
+                              f"got {self.lr_decay}.")
+
+
+@dataclass(frozen=True)
 class DiagnosticsConfig:
     every: int = _key(
         0, "steps between gradient diagnostics on rank 0: per-layer and through-time gradient "
@@ -350,6 +387,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -394,7 +432,7 @@ class Config:
         return _build(cls, data, prefix="")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _as_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -449,7 +487,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
     for section in dataclasses.fields(Config):
         if dataclasses.is_dataclass(section.default_factory):
             for f in dataclasses.fields(section.default_factory):
-                rows.append((f"{section.name}.{f.name}", repr(f.default), _meaning(f)))
+                rows.append((f"{section.name}.{_name(f)}", repr(f.default), _meaning(f)))
         else:
             rows.append((section.name, repr(section.default), _meaning(section)))
     return rows
@@ -486,7 +524,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {_name(f): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         name = unknown[0]
@@ -499,12 +537,19 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
-        kind = hints[name]
+        kind = hints[fields[name].name]
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value, f"{prefix}{name}.")
         else:
-            values[name] = _coerce(f"{prefix}{name}", value, kind, fields[name])
+            values[fields[name].name] = _coerce(f"{prefix}{name}", value, kind, fields[name])
     return cls(**values)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """`dataclasses.asdict` with the YAML key names (see `_key`)."""
+    return {_name(f): (_as_dict(value) if dataclasses.is_dataclass(value := getattr(obj, f.name))
+                       else value)
+            for f in dataclasses.fields(obj)}
 
 
 def _coerce(key: str, value: Any, kind: type, f: dataclasses.Field) -> Any:

@@ -23,12 +23,15 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from models import build_model
 from orchestrator import checkpoints, tracking
 from orchestrator.config import Config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
 from orchestrator.progress import ProgressBoard, ProgressPrinter
-from orchestrator.worker import train_loop_per_worker
+from orchestrator.transfer import Freezer, TransferPlan, load_source
+from orchestrator.transfer import plan as transfer_plan
+from orchestrator.worker import model_spec, train_loop_per_worker
 from pipelines.errors import DataError
 from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
@@ -45,6 +48,7 @@ from pipelines.windows import (
 )
 
 PREPARED_DIR = "prepared_data"  # inside the run's directory, beside its checkpoints
+TRANSFER_REPORT = "transfer_report.md"  # in the MLflow run: what init.from gave the model
 
 
 class TrainingFailed(RuntimeError):
@@ -62,6 +66,7 @@ class Outcome:
     run_path: str  # where Ray keeps the run's checkpoints
     best_checkpoint: str | None
     seconds: float
+    model_uri: str  # the logged model (runs:/...)
 
 
 def resolve(config: Config, environ: dict[str, str]) -> Config:
@@ -122,19 +127,25 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     when the workers fail (the MLflow run is then marked FAILED, with everything it had),
     KeyboardInterrupt on Ctrl-C (the run is marked KILLED and can be resumed)."""
     started = time.monotonic()
+    tracking.set_verbosity(verbose)
     forecast = prepare_forecast(config) if config.task.name == "timeseries" else None
     info = task_info(config, forecast and ForecastLayout.from_json(forecast["layout"]))
     quantiles = data_difficulty(config)
+    transfer = plan_transfer(config, info)
     start_ray(verbose)
-    tracking.set_verbosity(verbose)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     uri = config.tracking.uri
     run_id, experiment_id, resumed = tracking.open_run(
         uri, config.tracking.experiment, config.run.name, config.flat(), config.to_yaml(),
-        tags={"ray.job_id": ray.get_runtime_context().get_job_id()},
+        tags={"ray.job_id": ray.get_runtime_context().get_job_id(),
+              **(tracking.lineage(uri, transfer.origin) if transfer else {})},
     )
+    if transfer and not resumed:
+        print(transfer.report(), file=stream, flush=True)
+        tracking.log_text(uri, run_id, transfer.report(), TRANSFER_REPORT)
     board = ProgressBoard.remote()
     loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast)
+    loop_config["init_weights"] = transfer.weights if transfer else None
     try:
         with ProgressPrinter(board, config.train.steps, stream):
             result = make_trainer(config, loop_config, verbose).fit()
@@ -145,15 +156,29 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
         tracking.finish_run(uri, run_id, "KILLED")
         raise KeyboardInterrupt from None
-    best, tested = log_final_model(result, uri, run_id, forecast)
+    best, tested, model_uri = log_final_model(result, uri, run_id, forecast)
     tracking.finish_run(uri, run_id, "FINISHED")
     return Outcome(
         run_name=config.run.name, run_id=run_id,
         experiment_id=experiment_id, resumed=resumed,
         final={**(result.metrics or {}), **tested}, baseline=info.baseline,
         run_path=str(result.path),
-        best_checkpoint=best.path, seconds=time.monotonic() - started,
+        best_checkpoint=best.path, seconds=time.monotonic() - started, model_uri=model_uri,
     )
+
+
+def plan_transfer(config: Config, info: TaskInfo) -> TransferPlan | None:
+    """Check the `init.*` keys against the model this run builds: which weights of
+    `init.from` it takes (None without a source), and that every `init.freeze` pattern
+    names parameters. Raises TransferError (exit 2) before anything is recorded."""
+    spec = model_spec(config, info)
+    model = build_model(spec)
+    Freezer(model, config.init.patterns(), config.init.unfreeze_every)
+    if not config.init.from_:
+        return None
+    shapes = {name: param.shape for name, param in model.named_parameters()}
+    source = load_source(config.init.from_, config.tracking.uri)
+    return transfer_plan(config.init.from_, source, spec, shapes)
 
 
 def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_id: str,
@@ -247,9 +272,9 @@ def make_trainer(config: Config, loop_config: dict, verbose: bool,
 
 def log_final_model(result: ray.train.Result, uri: str, run_id: str,
                     forecast: dict | None = None,
-                    ) -> tuple[ray.train.Checkpoint, dict[str, float]]:
+                    ) -> tuple[ray.train.Checkpoint, dict[str, float], str]:
     """Log the model of the last checkpoint and the files of the best one; returns the
-    best, and the test figures of a forecaster.
+    best, the test figures of a forecaster, and the logged model's URI.
 
     A forecaster is chosen by validation: the best checkpoint's model is the one scored
     on the test split (`test_*`, next to the naive forecasters), drawn, and logged as a
@@ -257,8 +282,9 @@ def log_final_model(result: ray.train.Result, uri: str, run_id: str,
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
         if forecast is None:
-            tracking.log_model(uri, run_id, checkpoints.load_model(final_dir), best_dir)
-            return best, {}
+            model_uri = tracking.log_model(uri, run_id, checkpoints.load_model(final_dir),
+                                           best_dir)
+            return best, {}, model_uri
         forecaster = Forecaster.load(best_dir)
         layout = forecaster.layout
         test = read_share(forecast["directory"], "test", 0, 1, layout)
@@ -267,8 +293,8 @@ def log_final_model(result: ray.train.Result, uri: str, run_id: str,
         tracking.record(uri, run_id, metrics=tested)
         with tempfile.TemporaryDirectory() as plots:
             plot_test_forecasts(forecaster, test[0], plots)
-            tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
-    return best, tested
+            model_uri = tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
+    return best, tested, model_uri
 
 
 def start_ray(verbose: bool) -> None:

@@ -7,8 +7,10 @@ from collections.abc import Iterable
 import torch
 
 
-def build_optimizer(name: str, parameters: Iterable[torch.nn.Parameter], lr: float,
+def build_optimizer(name: str, parameters: Iterable[torch.nn.Parameter] | list[dict], lr: float,
                     weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """`parameters` may be parameter groups (dicts with their own `lr`); `lr` is the
+    default of those that have none."""
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

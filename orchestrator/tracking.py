@@ -10,6 +10,7 @@ are written rarely, at checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -25,6 +26,8 @@ RUN_NAME_TAG = "rnn_orch.run_name"
 MODEL_URI_TAG = "rnn_orch.model_uri"
 PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow's UI nest a trial under its sweep
 TRIAL_TAG = "rnn_orch.trial_id"
+LINEAGE_PREFIX = "rnn_orch.init."  # a fine-tuned run's source: from, registered_model, ...
+WEIGHTS_FILE = "weights.pt"  # in a logged model's extra_files: loads weights-only
 _BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -94,23 +97,66 @@ def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> str:
     Returns the model's URI, also kept as the run's `rnn_orch.model_uri` tag.
 
     The `models` package travels with the model (`code_paths`), so
-    `mlflow.pytorch.load_model` works where rnn-orch is not installed.
+    `mlflow.pytorch.load_model` works where rnn-orch is not installed. That loader
+    unpickles, which can run code, so the model also carries `extra_files/weights.pt`
+    (spec and state dict only): what `model_weights` reads.
     """
+    import tempfile
+
+    import torch
+
     import models
 
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory() as directory, mlflow.start_run(run_id=run_id):
+        weights = Path(directory) / WEIGHTS_FILE
+        torch.save({"spec": dataclasses.asdict(model.spec), "model": model.state_dict()},
+                   weights)
         info = mlflow.pytorch.log_model(
-            model.cpu().eval(),
+            model,
             name="model",
             code_paths=[str(Path(models.__file__).parent)],
             serialization_format="pickle",
             pip_requirements=["torch", "numpy"],
+            extra_files=[str(weights)],
         )
         if checkpoint_dir:
             mlflow.log_artifacts(checkpoint_dir, "best_checkpoint")
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri
+
+
+def model_weights(model_uri: str, uri: str = "") -> dict:
+    """`{"spec": ..., "model": state dict}` of a logged model, read with
+    `torch.load(weights_only=True)`: a model `log_model` logged (its
+    `extra_files/weights.pt`) or a forecaster `log_forecaster` logged (its
+    `artifacts/forecaster/forecaster.pt`). `model_uri` is runs:/<run id>/model,
+    models:/<name>/<version>, models:/<name>@<alias> or models:/<model id>; the store is
+    `uri`, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
+
+    The pickled model beside those files is never read: anyone who can write to the
+    store could have put code in it. A model without a weights-only file is refused.
+    """
+    import tempfile
+
+    from orchestrator import checkpoints, forecaster
+    from orchestrator.serving import ARTIFACT
+    from pipelines.errors import DataError
+
+    candidates = (Path("extra_files") / WEIGHTS_FILE,
+                  Path("artifacts") / ARTIFACT / forecaster.WEIGHTS_FILE)
+    with tempfile.TemporaryDirectory() as directory:
+        local = _download_model(model_uri, uri, directory)
+        for relative in candidates:
+            if (local / relative).is_file():
+                return checkpoints.load_weights_only(local / relative,
+                                                     f"{model_uri} ({relative})")
+    raise DataError(
+        f"{model_uri} holds no weights-only file ({' or '.join(map(str, candidates))}): "
+        "it was logged by an older rnn-orch or by something else. rnn-orch does not read "
+        "a model's pickled files, because unpickling can run code from them; load it with "
+        "mlflow.pytorch.load_model only if you trust where it came from.")
 
 
 def log_forecaster(uri: str, run_id: str, forecaster, checkpoint_dir: str | None,
@@ -151,19 +197,33 @@ def log_forecaster(uri: str, run_id: str, forecaster, checkpoint_dir: str | None
 def forecaster_files(model_uri: str) -> str:
     """The local directory of a logged forecaster's files (runs:/..., models:/...),
     downloaded from the store named by $MLFLOW_TRACKING_URI (default: ./mlflow.db)."""
-    from mlflow.exceptions import MlflowException
+    import tempfile
 
     from orchestrator.serving import ARTIFACT
     from pipelines.errors import DataError
 
-    mlflow.set_tracking_uri(resolve_uri("", dict(os.environ)))
+    files = _download_model(model_uri, "", tempfile.mkdtemp()) / "artifacts" / ARTIFACT
+    if not files.is_dir():
+        raise DataError(f"{model_uri} is not a forecaster; expected the model of a "
+                        "task.name=timeseries run.")
+    return str(files)
+
+
+def _download_model(model_uri: str, uri: str, directory: str) -> Path:
+    """The whole logged model, downloaded into `directory` (a path below models:/<model
+    id> does not resolve in MLflow 3, so the model is fetched whole)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.errors import DataError
+
+    mlflow.set_tracking_uri(resolve_uri(uri, dict(os.environ)))
     try:
-        local = mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/artifacts")
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                        dst_path=directory))
     except (MlflowException, OSError) as error:
-        raise DataError(f"{model_uri}: no forecaster found there ({_first_line(error)}); "
-                        "expected the model of a task.name=timeseries run, e.g. "
-                        "runs:/<run id>/model.") from None
-    return str(Path(local) / ARTIFACT)
+        raise DataError(f"{model_uri}: no model found there ({_first_line(error)}); "
+                        "expected a model rnn-orch logged, e.g. runs:/<run id>/model or "
+                        "models:/<name>/<version>.") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -193,10 +253,46 @@ def record(uri: str, run_id: str, metrics: dict[str, float] | None = None,
         client.log_artifacts(run_id, artifacts)
 
 
-def register_model(uri: str, model_uri: str, name: str) -> str:
-    """Register a logged model under `name` in the model registry; returns its version."""
+def register_model(uri: str, model_uri: str, name: str, alias: str | None = None) -> str:
+    """Register a logged model under `name` in the model registry (and point `alias` at
+    it); returns its version. A fine-tuned model's version carries its run's lineage tags
+    (`rnn_orch.init.*`), so the registry links it back to the model it started from."""
     mlflow.set_tracking_uri(uri)
-    return mlflow.register_model(model_uri, name).version
+    version = mlflow.register_model(model_uri, name).version
+    client = MlflowClient(uri)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    run_id = client.get_model_version(name, version).run_id
+    if run_id:
+        for key, value in client.get_run(run_id).data.tags.items():
+            if key.startswith(LINEAGE_PREFIX):
+                client.set_model_version_tag(name, version, key, value)
+    return version
+
+
+def lineage(uri: str, origin: str) -> dict[str, str]:
+    """Tags that say where a fine-tuned run started from: the URI, and for a registered
+    model its name and version; for MLflow models the run that made the source."""
+    tags = {f"{LINEAGE_PREFIX}from": origin}
+    client = MlflowClient(uri)
+    if origin.startswith("models:/"):
+        reference = origin.removeprefix("models:/")
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = reference.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+        tags |= {f"{LINEAGE_PREFIX}registered_model": f"{name}/{version.version}",
+                 f"{LINEAGE_PREFIX}source_run_id": version.run_id or ""}
+    elif origin.startswith("runs:/"):
+        tags[f"{LINEAGE_PREFIX}source_run_id"] = origin.removeprefix("runs:/").split("/")[0]
+    return tags
+
+
+def log_text(uri: str, run_id: str, text: str, name: str) -> None:
+    """A text file in the run's artifacts (a report, a table)."""
+    MlflowClient(uri).log_text(run_id, text, name)
 
 
 class MetricLogger:

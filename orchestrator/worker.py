@@ -39,6 +39,7 @@ from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
 from orchestrator.progress import ProgressPoster
 from orchestrator.tracking import MetricLogger
+from orchestrator.transfer import Freezer, param_groups
 from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate
 from pipelines.sources import ShardBatches, SyntheticBatches
@@ -74,7 +75,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = model_spec(config, info)
 
     state, own = restored_state(loop_config.get("init_checkpoint"))
-    model, optimizer = build_model_and_optimizer(config, spec, state, place)
+    model, optimizer = build_model_and_optimizer(config, spec, state, place,
+                                                 loop_config.get("init_weights"))
+    freezer = Freezer(unwrap(model), config.init.patterns(), config.init.unfreeze_every)
     restore_rng(config.seed, state, place)
     curriculum = make_curriculum(config, state, loop_config["difficulty_quantiles"])
     clipper = make_clipper(config, state)
@@ -98,6 +101,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             guard.forget_losses()
         batch = batches.train_batch(step, curriculum)
         figures = forward_backward(model, optimizer, batch, precision, objective, place)
+        if freezer.active:
+            freezer.drop_gradients(unwrap(model), step)
         if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
             recorder.diagnostics(step, diagnostics.measure(step, unwrap(model), batch))
         figures |= clip_gradients(model, clipper) | precision.figures()
@@ -163,10 +168,10 @@ def restored_state(init_checkpoint: ray.train.Checkpoint | None,
 
 def adopt_hyperparameters(config: Config, optimizer: torch.optim.Optimizer,
                           clipper: Clipper) -> None:
-    """Put the config's learning rate, weight decay, momentum (for the optimizers that
-    have one) and clip threshold over the restored ones."""
+    """Put the config's learning rate (times each layer's `lr_scale`), weight decay,
+    momentum (for the optimizers that have one) and clip threshold over the restored ones."""
     for group in optimizer.param_groups:
-        group["lr"] = config.optim.lr
+        group["lr"] = config.optim.lr * group["lr_scale"]
         group["weight_decay"] = config.optim.weight_decay
         if "momentum" in group:
             group["momentum"] = config.optim.momentum
@@ -174,14 +179,21 @@ def adopt_hyperparameters(config: Config, optimizer: torch.optim.Optimizer,
 
 
 def build_model_and_optimizer(config: Config, spec: ModelSpec, state: dict | None,
-                              place: Place) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+                              place: Place, init_weights: dict[str, torch.Tensor] | None = None,
+                              ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model, from a checkpoint's `state`, else with the `init.from` weights the
+    driver matched (`init_weights`, the rest freshly initialised); the optimizer with one
+    parameter group per layer (see `orchestrator.transfer`)."""
     torch.manual_seed(config.seed)  # same initial weights everywhere; DDP broadcasts anyway
     model = build_model(spec)
     if state:
         model.load_state_dict(state["model"])
-    model = ray.train.torch.prepare_model(model)  # [ray] device + DistributedDataParallel
+    elif init_weights:
+        model.load_state_dict(init_weights, strict=False)
     o = config.optim
-    optimizer = build_optimizer(o.name, model.parameters(), o.lr, o.weight_decay, o.momentum)
+    groups = param_groups(model, o.lr, config.init.lr_decay)
+    model = ray.train.torch.prepare_model(model)  # [ray] device + DistributedDataParallel
+    optimizer = build_optimizer(o.name, groups, o.lr, o.weight_decay, o.momentum)
     if state:
         optimizer.load_state_dict(state["optimizer"])
     return model, optimizer
@@ -468,8 +480,10 @@ class Recorder:
             self._progress.note(f"step {step}: {cause}: {action}")
 
     def validation(self, step: int, figures: dict[str, float]) -> None:
-        """Sent at once: a sweep's scheduler may stop the trial right after this report."""
-        self._logger.log(step, figures)
+        """Sent at once: a sweep's scheduler may stop the trial right after this report.
+        The learning rate of each layer (`lr/<layer>`) goes with it."""
+        rates = {f"lr/{group['layer']}": group["lr"] for group in self._optimizer.param_groups}
+        self._logger.log(step, {**figures, **rates})
         self._logger.flush()
         if self._progress:
             self._progress.post({"step": step, "val_step": step, **figures}, force=True)

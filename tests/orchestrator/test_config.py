@@ -14,7 +14,8 @@ from orchestrator.config import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+EXAMPLE_CONFIGS = sorted(path for path in (ROOT / "configs").rglob("*.yaml")
+                         if "sweeps" not in path.parts)  # sweep files: test_sweep_file.py
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -46,7 +47,8 @@ def test_example_config_loads_and_round_trips(path, tmp_path):
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.name)
 def test_example_config_is_headed_by_its_command(path):
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
-    assert any(f"rnn-orch train configs/{path.name}" in line for line in header)
+    name = path.relative_to(ROOT / "configs")
+    assert any(f"rnn-orch train configs/{name}" in line for line in header)
 
 
 # --- overrides -------------------------------------------------------------------------

@@ -27,13 +27,15 @@ def test_every_model_key_reaches_the_model_spec():
 
 def test_a_copied_checkpoint_takes_the_configs_hyperparameters():
     """PBT copies a trial's optimizer state, then explores its own values: the restored
-    learning rate, weight decay, momentum and clip threshold give way to the config's."""
-    weights = [torch.nn.Parameter(torch.ones(2))]
-    optimizer = torch.optim.SGD(weights, lr=0.5, momentum=0.1, weight_decay=0.2)
+    learning rates, weight decay, momentum and clip threshold give way to the config's."""
+    groups = [{"params": [torch.nn.Parameter(torch.ones(2))], "lr_scale": 1.0},
+              {"params": [torch.nn.Parameter(torch.ones(2))], "lr_scale": 0.25}]
+    optimizer = torch.optim.SGD(groups, lr=0.5, momentum=0.1, weight_decay=0.2)
     clipper = Clipper("norm", 5.0)
     config = apply_overrides(Config(), ["optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.7",
                                         "optim.weight_decay=0.03", "clip.threshold=0.25"])
     adopt_hyperparameters(config, optimizer, clipper)
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.7, 0.03)
+    top, lower = optimizer.param_groups
+    assert (top["lr"], top["momentum"], top["weight_decay"]) == (0.01, 0.7, 0.03)
+    assert lower["lr"] == 0.0025  # a lower layer keeps its share (init.lr_decay)
     assert clipper.threshold == 0.25
