@@ -42,7 +42,7 @@ METRICS = ("val_loss", "val_accuracy", "train_loss")
 # PBT changes these while a trial runs; the others (model shape, task) would not fit the
 # weights being copied between trials.
 MUTABLE_PREFIXES = ("optim.lr", "optim.weight_decay", "optim.momentum", "clip.", "curriculum.",
-                    "guard.")
+                    "guard.", "init.freeze", "init.unfreeze_every", "init.lr_decay")
 TOP_KEYS = ("name", "base", "fixed", "space", "search", "metric", "mode", "scheduler",
             "register_model")
 

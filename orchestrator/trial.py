@@ -57,12 +57,15 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(context, params, trial_id)
     info = driver.task_info(config)
+    transfer = driver.plan_transfer(config, info)
     run_id, _, _ = tracking.open_run(
         config.tracking.uri, config.tracking.experiment, config.run.name, config.flat(),
         config.to_yaml(),
-        tags={tracking.PARENT_TAG: context.parent_run_id, tracking.TRIAL_TAG: trial_id},
+        tags={tracking.PARENT_TAG: context.parent_run_id, tracking.TRIAL_TAG: trial_id,
+              **(tracking.lineage(config.tracking.uri, transfer.origin) if transfer else {})},
     )
     loop_config = driver.make_loop_config(config, info, driver.data_difficulty(config), run_id)
+    loop_config["init_weights"] = transfer.weights if transfer else None
     try:
         if context.pbt_interval:
             train_in_intervals(config, loop_config, context, trial_id)

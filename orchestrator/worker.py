@@ -168,9 +168,11 @@ def restored_state(init_checkpoint: ray.train.Checkpoint | None,
 
 def adopt_hyperparameters(config: Config, optimizer: torch.optim.Optimizer,
                           clipper: Clipper) -> None:
-    """Put the config's learning rate (times each layer's `lr_scale`), weight decay,
-    momentum (for the optimizers that have one) and clip threshold over the restored ones."""
-    for group in optimizer.param_groups:
+    """Put the config's learning rates (`optim.lr / init.lr_decay**depth` for the layer
+    groups, top first), weight decay, momentum (for the optimizers that have one) and clip
+    threshold over the restored ones."""
+    for depth, group in enumerate(optimizer.param_groups):
+        group["lr_scale"] = config.init.lr_decay ** -depth
         group["lr"] = config.optim.lr * group["lr_scale"]
         group["weight_decay"] = config.optim.weight_decay
         if "momentum" in group:

@@ -29,13 +29,14 @@ def test_a_copied_checkpoint_takes_the_configs_hyperparameters():
     """PBT copies a trial's optimizer state, then explores its own values: the restored
     learning rates, weight decay, momentum and clip threshold give way to the config's."""
     groups = [{"params": [torch.nn.Parameter(torch.ones(2))], "lr_scale": 1.0},
-              {"params": [torch.nn.Parameter(torch.ones(2))], "lr_scale": 0.25}]
+              {"params": [torch.nn.Parameter(torch.ones(2))], "lr_scale": 0.5}]
     optimizer = torch.optim.SGD(groups, lr=0.5, momentum=0.1, weight_decay=0.2)
     clipper = Clipper("norm", 5.0)
     config = apply_overrides(Config(), ["optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.7",
-                                        "optim.weight_decay=0.03", "clip.threshold=0.25"])
+                                        "optim.weight_decay=0.03", "clip.threshold=0.25",
+                                        "init.lr_decay=4"])
     adopt_hyperparameters(config, optimizer, clipper)
     top, lower = optimizer.param_groups
     assert (top["lr"], top["momentum"], top["weight_decay"]) == (0.01, 0.7, 0.03)
-    assert lower["lr"] == 0.0025  # a lower layer keeps its share (init.lr_decay)
+    assert lower["lr"] == 0.0025  # a layer down: optim.lr / init.lr_decay
     assert clipper.threshold == 0.25
