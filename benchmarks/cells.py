@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from models.cells import build_recurrent
 from models.init import initialize_recurrent
@@ -108,7 +108,7 @@ def header(args: argparse.Namespace) -> str:
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Machine: {machine()}; torch {torch.__version__}. Median of {args.repeats} "
+        f"Machine: {describe()}; torch {torch.__version__}. Median of {args.repeats} "
         f"steps per cell after {args.warmup} warm-up steps; ratio = median / median of "
         "the fused cell of the same family (lstm or gru). Cells take turns step by "
         "step, so a change in load hits them alike; a load average above the number of "
@@ -135,16 +135,6 @@ def table(args: argparse.Namespace, threads: int, seconds: dict[str, list[float]
         lines.append(f"| {name} | {1e3 * median[name]:.1f} | {1e3 * min(times):.1f} | "
                      f"{ratio} | {tokens / median[name]:,.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} CPU cores, {platform.system()}"
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from machine import describe
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,7 @@ def report(rows: list[tuple[int, dict[str, float]]], args: argparse.Namespace) -
         f"Command: `.venv/bin/python benchmarks/forecast_beijing.py --seeds "
         f"{' '.join(map(str, args.seeds))} --out {args.out}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}. Date: {datetime.date.today()}. Config: "
+        f"Machine: {describe()}. Date: {datetime.date.today()}. Config: "
         "configs/beijing_pm.yaml (LSTM 64, input 72 h, horizon 24 h, quantiles 0.1/0.5/0.9, "
         "1,000 steps, 2 workers); test figures of each run's best-val_loss checkpoint, "
         "in µg/m³.",

@@ -37,7 +37,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from machine import describe
 
 from models.sequence_model import ModelSpec, build_model
 from orchestrator.forecasting import ForecastObjective
@@ -584,27 +584,13 @@ def header(args: argparse.Namespace, load_before: tuple[float, ...],
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Machine: {machine()}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"Machine: {describe()}; torch {torch.__version__}, "
         f"numpy {np.__version__}, pyarrow {pa.__version__}. Date: "
         f"{datetime.date.today().isoformat()}. Took {seconds:.0f} s. Load average (1 min) "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (above the core count "
         "means other processes competed for the cores).",
         "",
     ]) + "\n"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    memory = ""
-    if Path("/proc/meminfo").exists():
-        total = Path("/proc/meminfo").read_text().split()[1]
-        memory = f", {int(total) / 1e6:.0f} GB RAM"
-    return f"{model}, {os.cpu_count()} CPU cores{memory}, {platform.system()}"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
@@ -231,17 +231,6 @@ def best_ms(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (f"{cpu}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
-
-
 def write_report(args, vanishing: list[Run], exploding: list[Run], cost: dict[str, float],
                  heatmaps: str, curves: str) -> str:
     command = "python benchmarks/gradient_health.py " + " ".join(sys.argv[1:])
@@ -251,7 +240,8 @@ def write_report(args, vanishing: list[Run], exploding: list[Run], cost: dict[st
         f"# Gradient health on the adding problem, T={args.seq_len}",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {machine()}; scaling.num_workers={args.workers}, seed {args.seed}, "
+        f"Machine: {describe()}, torch {torch.__version__}; scaling.num_workers={args.workers}, "
+        f"seed {args.seed}, "
         "one run per row. configs/adding.yaml otherwise (hidden 64, Adam, batch 64). "
         f"val_loss is the MSE at T; a model that learned nothing scores 0.167; solved means "
         f"below {SOLVED}.",

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from machine import describe
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,7 @@ def report(runs: dict, figures: dict, args: argparse.Namespace) -> str:
         f"Command: `.venv/bin/python benchmarks/transfer_traffic.py --seeds "
         f"{' '.join(map(str, args.seeds))} --out {args.out}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}. Date: {datetime.date.today()}.",
+        f"Machine: {describe()}. Date: {datetime.date.today()}.",
         "",
         f"Pretrained on {PRETRAIN}; fine-tuned on {FINETUNE} (four weeks of training data, "
         "one of validation, 23 months of test); scratch = the same config with `init.from=`"
