@@ -5,7 +5,9 @@
     value     clamp every gradient element to [-threshold, threshold]
     autoclip  `norm` with an adaptive threshold: the `threshold`-th percentile of every
               gradient norm seen so far in the run (Seetharaman et al. 2020; 10 is their
-              recommendation). The history is part of the checkpoint.
+              recommendation). The norms are counted in a log-scale histogram (see
+              `NormHistogram`), so a step costs the same at step 10 and at step 10^7 and
+              the checkpoint stays small; the percentile is within 1.82% of the exact one.
     agc       adaptive gradient clipping (Brock et al. 2021): for every unit (row of a
               weight matrix), if ||G_i|| / max(||W_i||, eps) exceeds lambda = `threshold`,
               scale G_i down to that ratio. The output head is never clipped.
@@ -35,14 +37,58 @@ class ClipResult:
     threshold: float  # the threshold in force (the adaptive one for autoclip)
 
 
+class NormHistogram:
+    """Every gradient norm seen, counted in log-spaced bins: BINS_PER_DECADE per decade
+    from 1e-12 to 1e12 (a norm outside counts in the first or last bin).
+
+    A bin stands for its geometric centre, at most half a bin (10^(1/128) - 1 = 1.82%) from
+    any norm in it, so a percentile interpolated between two ranks' bins, as numpy's
+    linear percentile does between the ranks' values, is within 1.82% of numpy's. Memory and
+    time per step are fixed by the bin count, not by the number of steps.
+    """
+
+    BINS_PER_DECADE = 64
+    LOW, HIGH = -12, 12  # decades
+
+    def __init__(self) -> None:
+        self.counts = np.zeros((self.HIGH - self.LOW) * self.BINS_PER_DECADE, np.int64)
+
+    def add(self, norm: float) -> None:
+        position = (np.log10(max(norm, 1e-300)) - self.LOW) * self.BINS_PER_DECADE
+        self.counts[int(np.clip(position, 0, len(self.counts) - 1))] += 1
+
+    def percentile(self, q: float) -> float:
+        """numpy's linear percentile of the norms, each taken as its bin's centre."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return 0.0
+        rank = q / 100 * (total - 1)
+        below, above = self._value(int(np.floor(rank))), self._value(int(np.ceil(rank)))
+        return below + (rank - np.floor(rank)) * (above - below)
+
+    def _value(self, rank: int) -> float:
+        """The centre of the bin holding the rank-th smallest norm (0-based)."""
+        index = int(np.searchsorted(np.cumsum(self.counts), rank + 1))
+        return float(10 ** (self.LOW + (index + 0.5) / self.BINS_PER_DECADE))
+
+    def state_dict(self) -> dict:
+        """The bins that hold norms, as {bin: count} (plain ints, weights-only loadable)."""
+        return {int(i): int(self.counts[i]) for i in np.flatnonzero(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts[:] = 0
+        for index, count in state.items():
+            self.counts[int(index)] = count
+
+
 class Clipper:
-    """One run's clipping policy and its memory (AutoClip's history of gradient norms)."""
+    """One run's clipping policy and its memory (AutoClip's histogram of gradient norms)."""
 
     def __init__(self, policy: str, threshold: float):
         if policy not in POLICIES:
             raise ValueError(f"clip.policy {policy!r} is not one of: {', '.join(POLICIES)}.")
         self.policy, self.threshold = policy, threshold
-        self.history: list[float] = []
+        self.norms = NormHistogram()
 
     def __call__(self, parameters: Iterable[torch.nn.Parameter],
                  head: Iterable[torch.nn.Parameter] = ()) -> ClipResult:
@@ -57,8 +103,8 @@ class Clipper:
             return ClipResult(before, before, False, threshold)
         if self.policy == "autoclip":
             if np.isfinite(before):  # a diverged step must not poison the percentile
-                self.history.append(before)
-            threshold = float(np.percentile(self.history or [0.0], self.threshold))
+                self.norms.add(before)
+            threshold = self.norms.percentile(self.threshold)
         if self.policy in ("norm", "autoclip"):
             # The norm is known: scale by it instead of letting torch measure it again.
             torch.nn.utils.clip_grads_with_norm_(parameters, threshold, total)
@@ -78,11 +124,18 @@ class Clipper:
         return self.policy == "autoclip"
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold, "history": list(self.history)}
+        return {"threshold": self.threshold, "norms": self.norms.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """The history, and the threshold (the divergence guard may have tightened it)."""
-        self.threshold, self.history = state["threshold"], list(state["history"])
+        """The norms seen, and the threshold (the divergence guard may have tightened it).
+        A checkpoint written before the histogram kept a list of every norm instead."""
+        self.threshold = state["threshold"]
+        if "norms" in state:
+            self.norms.load_state_dict(state["norms"])
+            return
+        self.norms = NormHistogram()
+        for norm in state["history"]:
+            self.norms.add(norm)
 
 
 @torch.no_grad()
