@@ -42,7 +42,12 @@ from pipelines.errors import DataError
 SPLITS = ("train", "val", "test")
 NORMALIZATIONS = ("standard", "minmax", "none")
 MISSING_POLICIES = ("interpolate", "drop", "refuse")
-WINDOWS_PER_STRETCH = 1024  # target starts per stretch: small enough to share out
+# Windows per stretch: at most WINDOWS_PER_STRETCH, and fewer in a short split, so that it
+# still has STRETCHES_PER_SPLIT stretches to share out among workers (down to
+# MIN_WINDOWS_PER_STRETCH, below which the repeated history would outweigh the windows).
+WINDOWS_PER_STRETCH = 1024
+STRETCHES_PER_SPLIT = 64
+MIN_WINDOWS_PER_STRETCH = 8
 _DAY_NS = 86_400 * 10**9
 
 
@@ -256,11 +261,13 @@ def infer_season(freq: int, time_kind: str) -> int:
 def cut_stretches(series: int, values: np.ndarray, low: int, high: int, context: int,
                   horizon: int, stride: int) -> list[Stretch]:
     """The stretches holding the windows whose targets start at low, low+stride, ... <= high
-    (grid positions), WINDOWS_PER_STRETCH windows each."""
+    (grid positions), split evenly enough to share out (see WINDOWS_PER_STRETCH)."""
     starts = range(low, high + 1, stride)
+    size = min(WINDOWS_PER_STRETCH,
+               max(MIN_WINDOWS_PER_STRETCH, math.ceil(len(starts) / STRETCHES_PER_SPLIT)))
     stretches = []
-    for i in range(0, len(starts), WINDOWS_PER_STRETCH):
-        chunk = starts[i:i + WINDOWS_PER_STRETCH]
+    for i in range(0, len(starts), size):
+        chunk = starts[i:i + size]
         first, last = chunk[0] - context, chunk[-1] + horizon
         stretches.append(Stretch(series, first, values[first:last]))
     return stretches

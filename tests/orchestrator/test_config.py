@@ -15,7 +15,9 @@ from orchestrator.config import (
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIGS = sorted(path for path in (ROOT / "configs").rglob("*.yaml")
-                         if "sweeps" not in path.parts)  # sweep files: test_sweep_file.py
+                         # sweep files: test_sweep_file.py; the Kubernetes manifest:
+                         # tests/test_cluster_config.py
+                         if not {"sweeps", "kuberay"} & set(path.parts))
 
 
 def write(tmp_path: Path, text: str) -> Path:

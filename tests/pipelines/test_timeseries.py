@@ -515,3 +515,10 @@ def test_shards_prepared_apart_merge_into_one_layout_with_a_pooled_mase_scale():
         0, "time", pa.array(steps * 86400 * 10**9, pa.timestamp("ns"))), options, "c")[0]]
     with pytest.raises(DataError, match="different time steps"):
         merge_layouts(hourly_and_daily, "table/")
+
+
+def test_a_short_split_is_cut_into_enough_stretches_for_many_workers():
+    values = np.zeros((1000, 1), np.float32)
+    stretches = timeseries.cut_stretches(0, values, 168, 168 + 480, 168, 24, 1)
+    assert len(stretches) == 61  # 481 windows, 8 a stretch: a share for up to 61 workers
+    assert sum(len(window_offsets(len(s.values), 168, 24, 1)) for s in stretches) == 481
