@@ -106,6 +106,7 @@ def train_in_intervals(config: Config, loop_config: dict, context: SweepContext,
     logger.log(step, {f"pbt.{key}": float(config.flat()[key]) for key in context.mutated})
     logger.flush()
     source = f"{origin['trial']}-{step}" if origin else "start"
+    copied = bool(origin) and origin["trial"] != trial_id
     while step < config.train.steps:  # a trial restarted at its last step has no work left
         end = min((step // context.pbt_interval + 1) * context.pbt_interval, config.train.steps)
         # A new Train run for each interval, never resumed by name: a trial that Tune
@@ -116,10 +117,11 @@ def train_in_intervals(config: Config, loop_config: dict, context: SweepContext,
             "run.name": f"{config.run.name}-from-{source}-{uuid.uuid4().hex[:8]}",
         })
         result = driver.make_trainer(
-            leg, {**loop_config, "config": leg.to_dict(), "init_checkpoint": init},
+            leg, {**loop_config, "config": leg.to_dict(), "init_checkpoint": init,
+                  "init_copied": copied},
             verbose=False,
         ).fit()
-        step, init, source = end, result.checkpoint, f"{trial_id}-{end}"
+        step, init, source, copied = end, result.checkpoint, f"{trial_id}-{end}", False
         report_to_tune(result, trial_id, end, done=end >= config.train.steps)
 
 

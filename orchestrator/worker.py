@@ -81,7 +81,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     restore_rng(config.seed, state, place)
     curriculum = make_curriculum(config, state, loop_config["difficulty_quantiles"])
     clipper = make_clipper(config, state)
-    if state and not own:
+    if state and not own and loop_config.get("init_copied", True):
         adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
     precision = make_precision(config, state, place)
@@ -154,9 +154,11 @@ def restored_state(init_checkpoint: ray.train.Checkpoint | None,
 
     A resume or a restart continues the run's own latest checkpoint exactly, learning
     rate and clip threshold included (the guard may have lowered them). Otherwise an
-    `init_checkpoint` (population-based training copying a better trial) gives
-    the weights, optimizer moments, step and curriculum, and the config's hyperparameters
-    win over the saved ones: they are what the copy was given to explore.
+    `init_checkpoint` (population-based training) gives the weights, optimizer moments,
+    step and curriculum. When it is a copy of a better trial (`init_copied` in the loop
+    config), the config's hyperparameters win over the saved ones: they are what the copy
+    was given to explore; a trial's next interval from its own checkpoint keeps them, as a
+    resume does.
     """
     own = ray.train.get_checkpoint()  # [ray]
     checkpoint = own or init_checkpoint
