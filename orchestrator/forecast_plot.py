@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from orchestrator.forecaster import Forecaster  # noqa: E402
-from pipelines.timeseries import Stretch  # noqa: E402
+from pipelines.timeseries import Stretch, window_offsets  # noqa: E402
 
 MAX_WINDOWS = 8
 FILE = "test_forecast.png"
@@ -30,7 +30,7 @@ def plot_test_forecasts(forecaster: Forecaster, stretch: Stretch, out_dir: str |
     layout = forecaster.layout
     context, horizon, targets = layout.context, layout.horizon, len(layout.targets)
     offset, scale = (array[stretch.series, :targets] for array in layout.arrays())
-    starts = np.arange(0, len(stretch.values) - context - horizon + 1, horizon)[:MAX_WINDOWS]
+    starts = window_offsets(len(stretch.values), context, horizon, horizon)[:MAX_WINDOWS]
     history = np.stack([stretch.values[s + context - layout.input_len:s + context]
                         for s in starts])
     outputs = forecaster.model(torch.from_numpy(history)).numpy()
