@@ -28,15 +28,18 @@ costs time but keeps unfreezing a matter of no longer dropping them.
 from __future__ import annotations
 
 import fnmatch
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
 from models import ModelSpec
 from orchestrator.config import ConfigError
 from orchestrator.diagnostics import parameter_group
+from pipelines.tables import filesystem_of
 
 FAMILIES = {"lstm": "LSTM", "ln_lstm": "LSTM", "bn_lstm": "LSTM", "gru": "GRU",
             "ln_gru": "GRU", "rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN"}
@@ -109,17 +112,32 @@ def _why_new(name: str, shape: torch.Size, state: dict[str, torch.Tensor],
 
 def load_source(origin: str, uri: str) -> dict[str, Any]:
     """`{"spec", "model"}` of a registered model or a run's model (in the MLflow store at
-    `uri`), or of a checkpoint directory, read without unpickling code (weights only)."""
+    `uri`), or of a checkpoint directory (local, or on the runs' storage: s3://, gs://),
+    read without unpickling code (weights only)."""
     from orchestrator import checkpoints, tracking
 
     if origin.startswith(("models:/", "runs:/")):
         return tracking.model_weights(origin, uri)
-    if not (Path(origin) / checkpoints.STATE_FILE).is_file():
+    with tempfile.TemporaryDirectory() as directory:
+        state_file = _state_file(origin, Path(directory))
+        state = checkpoints.load_weights_only(state_file, f"{origin} ({state_file.name})")
+    return {"spec": state["spec"], "model": state["model"]}
+
+
+def _state_file(origin: str, scratch: Path) -> Path:
+    """A checkpoint's state file: where it is on local disk, else copied from storage."""
+    from orchestrator.checkpoints import STATE_FILE
+
+    filesystem, root = filesystem_of(origin)
+    where = f"{root}/{STATE_FILE}"
+    if filesystem.get_file_info(where).type != pafs.FileType.File:
         raise TransferError(f"init.from {origin}: expected models:/name/version, "
                             "models:/name@alias, runs:/<run id>/model, or a checkpoint "
-                            f"directory holding {checkpoints.STATE_FILE}.")
-    state = checkpoints.load(origin)
-    return {"spec": state["spec"], "model": state["model"]}
+                            f"directory holding {STATE_FILE}.")
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return Path(where)
+    pafs.copy_files(where, str(scratch / STATE_FILE), source_filesystem=filesystem)
+    return scratch / STATE_FILE
 
 
 def layer_of(name: str) -> str:

@@ -10,7 +10,14 @@ import torch
 
 from models import ModelSpec, build_model
 from orchestrator.optimizers import build_optimizer
-from orchestrator.transfer import Freezer, TransferError, layers, param_groups, plan
+from orchestrator.transfer import (
+    Freezer,
+    TransferError,
+    layers,
+    load_source,
+    param_groups,
+    plan,
+)
 
 SPEC = ModelSpec(cell="lstm", input_size=3, hidden_size=8, num_layers=2, dropout=0.0,
                  head="regression", output_size=2)
@@ -99,3 +106,15 @@ def test_a_freeze_pattern_that_matches_nothing_is_refused_naming_it():
     with pytest.raises(TransferError, match="init.freeze pattern 'encoder.*' matches no "
                                             "parameter"):
         Freezer(build_model(SPEC), ("encoder.*",), 0)
+
+
+def test_a_checkpoint_on_storage_is_read_through_its_uri(tmp_path):
+    state = {**source(), "step": 3}
+    (tmp_path / "checkpoint").mkdir()
+    torch.save(state, tmp_path / "checkpoint" / "state.pt")
+    for origin in (str(tmp_path / "checkpoint"), f"file://{tmp_path}/checkpoint"):
+        loaded = load_source(origin, uri="")
+        assert loaded["spec"] == state["spec"]
+        assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+    with pytest.raises(TransferError, match="expected models:/name/version"):
+        load_source(str(tmp_path), uri="")
