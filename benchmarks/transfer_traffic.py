@@ -46,7 +46,8 @@ def main() -> int:
             subprocess.run([RNN_ORCH, "data", "fetch", name, "--out", f"data/{name}"],
                            cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as work:
-        store = [f"tracking.uri=sqlite:///{work}/mlflow.db", f"run.storage_path={work}/runs"]
+        store = [f"tracking.uri=sqlite:///{work}/mlflow.db", f"run.storage_path={work}/runs",
+                 "run.max_failures=2"]  # a worker lost to a busy machine resumes
         env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
 
         def train(config: str, name: str, *keys: str) -> str:

@@ -78,7 +78,11 @@ class TaskConfig:
                               "table (empty = one series)")
     input_len: int = _key(48, "timeseries: look-back steps the model reads")
     horizon: int = _key(24, "timeseries: steps forecast at once")
-    stride: int = _key(1, "timeseries: steps between the starts of two windows")
+    stride: int = _key(1, "timeseries: steps between the starts of two training windows")
+    eval_stride: int = _key(
+        1, "timeseries: steps between the starts of two validation or test windows (1 "
+        "scores every window; the horizon scores non-overlapping ones, far cheaper on a "
+        "long table)")
     val_fraction: float = _key(0.15, "timeseries: the share of each series, after the "
                                      "training part, that validates")
     test_fraction: float = _key(0.15, "timeseries: the share at the end of each series "
@@ -116,7 +120,7 @@ class TaskConfig:
             if not getattr(self, key):
                 raise ConfigError(f"task.{key} is empty but task.name is 'timeseries': name "
                                   f"{_TIMESERIES_NEEDS[key]}.")
-        _positive(self, "input_len", "horizon", "stride")
+        _positive(self, "input_len", "horizon", "stride", "eval_stride")
         fractions = (self.val_fraction, self.test_fraction)
         if not (all(0 < f < 1 for f in fractions) and sum(fractions) < 1):
             raise ConfigError(f"task.val_fraction ({self.val_fraction}) and task."
@@ -147,6 +151,7 @@ class TaskConfig:
             time_column=self.time_column, targets=_items(self.targets),
             covariates=_items(self.covariates), series_id=self.series_id,
             input_len=self.input_len, horizon=self.horizon, stride=self.stride,
+            eval_stride=self.eval_stride,
             val_fraction=self.val_fraction, test_fraction=self.test_fraction,
             val_start=self.val_start, test_start=self.test_start, normalize=self.normalize,
             missing=self.missing, freq=self.freq, season=self.season,

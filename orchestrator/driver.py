@@ -288,7 +288,7 @@ def log_final_model(result: ray.train.Result, uri: str, run_id: str,
         forecaster = Forecaster.load(best_dir)
         layout = forecaster.layout
         test = read_share(forecast["directory"], "test", 0, 1, layout)
-        tested = {**forecaster.evaluate(Windows(test, layout).in_order()),
+        tested = {**forecaster.evaluate(Windows(test, layout, "test").in_order()),
                   "test_checkpoint_step": float(checkpoints.load(best_dir)["step"])}
         tracking.record(uri, run_id, metrics=tested)
         with tempfile.TemporaryDirectory() as plots:

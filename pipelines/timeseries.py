@@ -62,6 +62,7 @@ class SeriesOptions:
     input_len: int = 48
     horizon: int = 24
     stride: int = 1
+    eval_stride: int = 1
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     val_start: str = ""
@@ -103,6 +104,11 @@ class ForecastLayout:
     train_mean: tuple[tuple[float, ...], ...]
     mase_scale: tuple[float, ...]
     mase_counts: tuple[float, ...] = ()  # the steps mase_scale averages, to pool shards
+    eval_stride: int = 1  # steps between validation and test windows
+
+    def stride_of(self, split: str) -> int:
+        """Steps between the windows of a split: training's, or validation and test's."""
+        return self.stride if split == "train" else self.eval_stride
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -182,8 +188,9 @@ def prepare(table: pa.Table, options: SeriesOptions, source: str
         normalized = ((series.values - offset) / scale).astype(np.float32)
         for split, (low, high) in zip(SPLITS, _target_ranges(bounds, len(series.values),
                                                             context, options.horizon), strict=True):
+            step = options.stride if split == "train" else options.eval_stride
             stretches[split] += cut_stretches(index, normalized, low, high, context,
-                                              options.horizon, options.stride)
+                                              options.horizon, step)
     abs_sums = np.sum([row[3][0] for row in layout_rows], axis=0)
     counts = np.sum([row[3][1] for row in layout_rows], axis=0)
     mase_scale = np.where(abs_sums > 0, abs_sums / np.maximum(counts, 1), 1.0)
@@ -198,6 +205,7 @@ def prepare(table: pa.Table, options: SeriesOptions, source: str
         scale=tuple(tuple(map(float, row[1])) for row in layout_rows),
         train_mean=tuple(tuple(map(float, row[2])) for row in layout_rows),
         mase_scale=tuple(map(float, mase_scale)), mase_counts=tuple(map(float, counts)),
+        eval_stride=options.eval_stride,
     )
     return layout, stretches
 

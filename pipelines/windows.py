@@ -126,7 +126,7 @@ class WindowBatches:
         self._seed, self._rank = seed, rank
         self._orders: dict[int, np.ndarray] = {}
         self._splits = {split: Windows(read_share(directory, split, rank, world, layout),
-                                       layout)
+                                       layout, split)
                         for split in ("train", "val")}
         if not len(self._splits["train"]):
             raise DataError(
@@ -160,7 +160,7 @@ class WindowBatches:
 class Windows:
     """The windows of some stretches, over one contiguous array (see the module doc)."""
 
-    def __init__(self, stretches: list[Stretch], layout: ForecastLayout):
+    def __init__(self, stretches: list[Stretch], layout: ForecastLayout, split: str):
         self._layout = layout
         features = len(layout.features)
         span = layout.context + layout.horizon
@@ -170,7 +170,7 @@ class Windows:
         starts, series = [], []
         for base, stretch in zip(bases, stretches, strict=True):
             offsets = window_offsets(len(stretch.values), layout.context, layout.horizon,
-                                     layout.stride)
+                                     layout.stride_of(split))
             starts.append(base + offsets)
             series.append(np.full(len(offsets), stretch.series, np.int64))
         self._starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)

@@ -50,7 +50,7 @@ def test_baselines_on_a_periodic_series():
     assert layout.offset[0][0] == pytest.approx(y[:60].mean())  # 115, not the identity
     objective = ForecastObjective(layout)
     sums = sum(objective.validation_sums(torch.zeros(len(b["targets"]), 2), b)
-               for b in Windows(stretches["val"], layout).in_order())
+               for b in Windows(stretches["val"], layout, "val").in_order())
     figures = objective.summarize(sums)
     # val: test = 80, val = 60; targets start at 60..78, horizon 2
     starts = np.arange(60, 79)

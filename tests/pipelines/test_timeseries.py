@@ -68,9 +68,11 @@ def options(**overrides) -> SeriesOptions:
     return SeriesOptions(**(base | overrides))
 
 
-def target_positions(stretches, layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(target start, inputs, targets) of every window, as grid positions (value = i)."""
-    windows = Windows(stretches, layout)
+def target_positions(stretches, layout, split="train",
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target start, inputs, targets) of every window of a split, as grid positions
+    (value = i)."""
+    windows = Windows(stretches, layout, split)
     batch = windows.batch(np.arange(len(windows)), seasonal=False)
     targets = batch["targets"][:, :, 0].numpy()
     return targets[:, 0].astype(int), batch["inputs"][:, :, 0].numpy(), targets
@@ -106,23 +108,23 @@ def ramp(tmp_path):
 @pytest.mark.parametrize("per_stretch", [1024, 4])
 def test_windows_never_leak_targets_across_splits(ramp, monkeypatch, stride, per_stretch):
     monkeypatch.setattr(timeseries, "WINDOWS_PER_STRETCH", per_stretch)
-    layout, stretches = load(ramp, options(stride=stride))
+    layout, stretches = load(ramp, options(stride=stride, eval_stride=stride + 1))
     val, test, input_len, horizon = 125, 175, 10, 5
     assert layout.context == input_len
 
-    starts, inputs, targets = target_positions(stretches["train"], layout)
+    starts, inputs, targets = target_positions(stretches["train"], layout, "train")
     assert targets.max() < val
     assert list(starts) == list(range(input_len, val - horizon + 1, stride))
 
-    starts, inputs, targets = target_positions(stretches["val"], layout)
+    starts, inputs, targets = target_positions(stretches["val"], layout, "val")
     assert targets.min() >= val and targets.max() < test
-    assert list(starts) == list(range(val, test - horizon + 1, stride))
+    assert list(starts) == list(range(val, test - horizon + 1, stride + 1))
     assert (inputs < val).any()  # the first val window's history is in train
     assert inputs.min() == val - input_len
 
-    starts, inputs, targets = target_positions(stretches["test"], layout)
+    starts, inputs, targets = target_positions(stretches["test"], layout, "test")
     assert targets.min() >= test and targets.max() < N
-    assert list(starts) == list(range(test, N - horizon + 1, stride))
+    assert list(starts) == list(range(test, N - horizon + 1, stride + 1))
     assert (inputs < test).any()
 
     # each window: input_len steps right before its horizon consecutive targets
@@ -133,17 +135,18 @@ def test_windows_never_leak_targets_across_splits(ramp, monkeypatch, stride, per
 
 
 def test_window_counts_follow_the_arithmetic(ramp):
-    layout, stretches = load(ramp, options(stride=3))
-    counts = {split: len(Windows(stretches[split], layout)) for split in timeseries.SPLITS}
-    # train: targets start 10..120 every 3 -> 37; val: 125..170 -> 16; test: 175..195 -> 7
-    assert counts == {"train": 37, "val": 16, "test": 7}
+    layout, stretches = load(ramp, options(stride=3, eval_stride=5))
+    counts = {split: len(Windows(stretches[split], layout, split)) for split in timeseries.SPLITS}
+    # train: targets start 10..120 every 3 -> 37; val: 125..170 every 5 -> 10;
+    # test: 175..195 every 5 -> 5
+    assert counts == {"train": 37, "val": 10, "test": 5}
     assert list(window_offsets(10 + 5 + 6, 10, 5, 3)) == [0, 3, 6]
 
 
 def test_season_longer_than_input_len_widens_the_history(ramp):
     layout, stretches = load(ramp, options(input_len=4, season=8))
     assert layout.context == 8
-    starts, inputs, _ = target_positions(stretches["train"], layout)
+    starts, inputs, _ = target_positions(stretches["train"], layout, "train")
     assert starts[0] == 8  # the first window needs a whole season of history
     np.testing.assert_array_equal(inputs, starts[:, None] + np.arange(-4, 0))
 
@@ -151,9 +154,9 @@ def test_season_longer_than_input_len_widens_the_history(ramp):
 def test_fractions_are_not_rounded_down_by_binary_floats(tmp_path):
     path = write(tmp_path, {"time": pa.array(np.arange(100)), "y": pa.array(np.arange(100.0))})
     layout, stretches = load(path, options(val_fraction=0.29, test_fraction=0.29, horizon=1))
-    starts, _, _ = target_positions(stretches["test"], layout)
+    starts, _, _ = target_positions(stretches["test"], layout, "test")
     assert starts[0] == 100 - 29  # 100 * 0.29 is 28.999... in floats
-    starts, _, _ = target_positions(stretches["val"], layout)
+    starts, _, _ = target_positions(stretches["val"], layout, "val")
     assert starts[0] == 100 - 58
 
 
@@ -163,11 +166,11 @@ def test_cut_off_times_place_the_boundaries(tmp_path):
     layout, stretches = load(path, options(val_start="2024-01-03 00:00:00",
                                            test_start="2024-01-03 20:30:00"))
     val, test = 48, 69  # 20:30 is off the grid: the first step at or after it
-    starts, _, targets = target_positions(stretches["train"], layout)
+    starts, _, targets = target_positions(stretches["train"], layout, "train")
     assert targets.max() == val - 1
-    starts, _, targets = target_positions(stretches["val"], layout)
+    starts, _, targets = target_positions(stretches["val"], layout, "val")
     assert starts[0] == val and targets.max() == test - 1
-    starts, _, _ = target_positions(stretches["test"], layout)
+    starts, _, _ = target_positions(stretches["test"], layout, "test")
     assert starts[0] == test
 
 
@@ -182,7 +185,7 @@ def test_cut_off_times_are_per_series_grid_positions(tmp_path):
     assert layout.series == ("a", "b")
     firsts = {}
     for split in ("val", "test"):
-        windows = Windows(stretches[split], layout)
+        windows = Windows(stretches[split], layout, split)
         batch = windows.batch(np.arange(len(windows)), seasonal=False)
         for name, code in (("a", 0), ("b", 1)):
             mine = batch["series"].numpy() == code
@@ -268,14 +271,14 @@ def test_drop_leaves_out_exactly_the_windows_touching_a_gap(tmp_path):
     y = pa.array([None if i == 30 else float(i) for i in positions], pa.float64())
     path = write(tmp_path, {"time": pa.array(positions), "y": y})
     layout, stretches = load(path, options(missing="drop", input_len=5, horizon=3))
-    starts, inputs, targets = target_positions(stretches["train"], layout)
+    starts, inputs, targets = target_positions(stretches["train"], layout, "train")
     touching = set(range(28, 36)) | set(range(48, 56))
     assert set(starts) == set(range(5, 75 - 3 + 1)) - touching
     assert not np.isnan(inputs).any() and not np.isnan(targets).any()
     assert len(starts) == 68 - 16
     stored = reassemble(stretches, 0)
     assert np.isnan(stored[30][0]) and np.isnan(stored[50][0])  # kept, never filled
-    assert len(Windows(stretches["val"], layout)) == 105 - 3 - 75 + 1  # untouched
+    assert len(Windows(stretches["val"], layout, "val")) == 105 - 3 - 75 + 1  # untouched
 
 
 def test_drop_fits_statistics_around_the_missing_values(tmp_path):

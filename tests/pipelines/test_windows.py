@@ -101,13 +101,14 @@ def torch_equal(a, b) -> bool:
 
 def test_an_epoch_visits_every_window_once(tmp_path, monkeypatch):
     directory, layout, stretches = prepared(tmp_path, monkeypatch)
-    count = len(Windows(stretches["train"], layout))
+    count = len(Windows(stretches["train"], layout, "train"))
     size = 7
     assert count % size  # the epoch ends inside a batch
     batches = WindowBatches(directory, layout, batch_size=size, seed=3, rank=0, world=1)
     steps = -(-2 * count // size)  # two epochs and a bit
     seen = np.concatenate([identify(batches.train_batch(step)) for step in range(1, steps + 1)])
-    everything = identify(Windows(stretches["train"], layout).batch(np.arange(count), False))
+    train = Windows(stretches["train"], layout, "train")
+    everything = identify(train.batch(np.arange(count), False))
     assert sorted(seen[:count]) == sorted(everything)  # first epoch: each window once
     assert sorted(seen[count:2 * count]) == sorted(everything)  # and again
     assert list(seen[:count]) != list(seen[count:2 * count])  # in a fresh order
@@ -142,11 +143,12 @@ def test_validation_batches_carry_the_value_one_season_earlier(tmp_path, monkeyp
     monkeypatch.setattr(windows, "VALIDATION_BATCH", 10)
     directory, layout, stretches = prepared(tmp_path, monkeypatch)
     batches = WindowBatches(directory, layout, batch_size=4, seed=0, rank=0, world=1)
-    test = Windows(stretches["test"], layout)
+    test = Windows(stretches["test"], layout, "test")
     for chunks, split in ((list(batches.validation_batches()), "val"),
                           (list(test.in_order()), "test")):
         assert [len(c["targets"]) for c in chunks[:-1]] == [10] * (len(chunks) - 1)
-        assert sum(len(c["targets"]) for c in chunks) == len(Windows(stretches[split], layout))
+        split_windows = Windows(stretches[split], layout, split)
+        assert sum(len(c["targets"]) for c in chunks) == len(split_windows)
         for chunk in chunks:
             targets, seasonal = chunk["targets"].numpy(), chunk["seasonal"].numpy()
             assert seasonal.shape == targets.shape == (len(targets), HORIZON, 1)
@@ -174,7 +176,7 @@ def test_drop_removes_windows_with_a_missing_step(tmp_path):
         missing="drop", quantiles=(), series=("",), offset=((0.0,),), scale=((1.0,),),
         train_mean=((0.0,),), mase_scale=(1.0,))
     stretch = timeseries.Stretch(0, 0, values.astype(np.float32)[:, None])
-    found = Windows([stretch], layout)
+    found = Windows([stretch], layout, "train")
     batch = found.batch(np.arange(len(found)), seasonal=True)
     starts = batch["targets"][:, 0, 0].numpy().astype(int)
     assert set(starts) == set(range(3, 99)) - set(range(39, 44))  # [s-3, s+2) holds 40
