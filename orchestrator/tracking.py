@@ -258,7 +258,7 @@ def register_model(uri: str, model_uri: str, name: str, alias: str | None = None
     it); returns its version. A fine-tuned model's version carries its run's lineage tags
     (`rnn_orch.init.*`), so the registry links it back to the model it started from."""
     mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(model_uri, name).version
+    version = str(mlflow.register_model(model_uri, name).version)
     client = MlflowClient(uri)
     if alias:
         client.set_registered_model_alias(name, alias, version)
