@@ -144,8 +144,8 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         print(transfer.report(), file=stream, flush=True)
         tracking.log_text(uri, run_id, transfer.report(), TRANSFER_REPORT)
     board = ProgressBoard.remote()
-    loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast)
-    loop_config["init_weights"] = transfer.weights if transfer else None
+    loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast,
+                                   init_weights=transfer.weights if transfer else None)
     try:
         with ProgressPrinter(board, config.train.steps, stream):
             result = make_trainer(config, loop_config, verbose).fit()
@@ -171,6 +171,8 @@ def plan_transfer(config: Config, info: TaskInfo) -> TransferPlan | None:
     """Check the `init.*` keys against the model this run builds: which weights of
     `init.from` it takes (None without a source), and that every `init.freeze` pattern
     names parameters. Raises TransferError (exit 2) before anything is recorded."""
+    if not config.init.from_ and not config.init.patterns():
+        return None  # nothing to check: no model is built at start-up
     spec = model_spec(config, info)
     model = build_model(spec)
     Freezer(model, config.init.patterns(), config.init.unfreeze_every)
@@ -183,12 +185,14 @@ def plan_transfer(config: Config, info: TaskInfo) -> TransferPlan | None:
 
 def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_id: str,
                      board=None, init_checkpoint: ray.train.Checkpoint | None = None,
-                     forecast: dict | None = None) -> dict:
+                     forecast: dict | None = None,
+                     init_weights: dict | None = None) -> dict:
     """What every worker's loop receives, as plain values (see `train_loop_per_worker`)."""
     return {"config": config.to_dict(), "task": dataclasses.asdict(info),
             "difficulty_quantiles": quantiles, "run_id": run_id,
             "tracking_uri": config.tracking.uri, "board": board,
-            "init_checkpoint": init_checkpoint, "forecast": forecast}
+            "init_checkpoint": init_checkpoint, "forecast": forecast,
+            "init_weights": init_weights}
 
 
 def prepare_forecast(config: Config) -> dict:

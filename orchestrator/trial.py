@@ -64,8 +64,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         tags={tracking.PARENT_TAG: context.parent_run_id, tracking.TRIAL_TAG: trial_id,
               **(tracking.lineage(config.tracking.uri, transfer.origin) if transfer else {})},
     )
-    loop_config = driver.make_loop_config(config, info, driver.data_difficulty(config), run_id)
-    loop_config["init_weights"] = transfer.weights if transfer else None
+    loop_config = driver.make_loop_config(config, info, driver.data_difficulty(config), run_id,
+                                          init_weights=transfer.weights if transfer else None)
     try:
         if context.pbt_interval:
             train_in_intervals(config, loop_config, context, trial_id)
