@@ -76,6 +76,10 @@ class TaskConfig:
                           list=True)
     series_id: str = _key("", "timeseries: the column naming the series of a many-series "
                               "table (empty = one series)")
+    series: str = _key("", "timeseries: train on only these series (values of "
+                           "task.series_id); empty = all", list=True)
+    skip_series: str = _key("", "timeseries: leave these series out (values of "
+                                "task.series_id), e.g. one kept apart to fine-tune on", list=True)
     input_len: int = _key(48, "timeseries: look-back steps the model reads")
     horizon: int = _key(24, "timeseries: steps forecast at once")
     stride: int = _key(1, "timeseries: steps between the starts of two training windows")
@@ -129,6 +133,9 @@ class TaskConfig:
         if bool(self.val_start) != bool(self.test_start):
             raise ConfigError("task.val_start and task.test_start go together: give both "
                               "cut-off times, or neither (then the fractions split).")
+        if (self.series or self.skip_series) and not self.series_id:
+            raise ConfigError("task.series and task.skip_series pick series by their id: set "
+                              "task.series_id to the column that holds it.")
         if self.season < 0:
             raise ConfigError(f"task.season must be >= 0 (0 = from task.freq), got "
                               f"{self.season}.")
@@ -150,6 +157,7 @@ class TaskConfig:
         return SeriesOptions(
             time_column=self.time_column, targets=_items(self.targets),
             covariates=_items(self.covariates), series_id=self.series_id,
+            series=_items(self.series), skip_series=_items(self.skip_series),
             input_len=self.input_len, horizon=self.horizon, stride=self.stride,
             eval_stride=self.eval_stride,
             val_fraction=self.val_fraction, test_fraction=self.test_fraction,

@@ -59,6 +59,8 @@ class SeriesOptions:
     targets: tuple[str, ...]
     covariates: tuple[str, ...] = ()
     series_id: str = ""
+    series: tuple[str, ...] = ()  # train on only these series, or
+    skip_series: tuple[str, ...] = ()  # on all but these
     input_len: int = 48
     horizon: int = 24
     stride: int = 1
@@ -269,15 +271,23 @@ def infer_season(freq: int, time_kind: str) -> int:
 def cut_stretches(series: int, values: np.ndarray, low: int, high: int, context: int,
                   horizon: int, stride: int) -> list[Stretch]:
     """The stretches holding the windows whose targets start at low, low+stride, ... <= high
-    (grid positions), split evenly enough to share out (see WINDOWS_PER_STRETCH)."""
-    starts = range(low, high + 1, stride)
+    (grid positions), split evenly enough to share out (see WINDOWS_PER_STRETCH).
+
+    Windows that touch a missing value (NaN, left by missing=drop) are cut out first, so
+    a long gap (a night without readings, a sensor down for a week) is stored in no
+    stretch and every stretch holds windows to train on, whichever worker it goes to."""
+    starts = np.arange(low, high + 1, stride)
+    gaps = np.concatenate([[0], np.cumsum(np.isnan(values).any(axis=1))])
+    starts = starts[gaps[starts + horizon] == gaps[starts - context]]
+    runs = np.split(starts, np.flatnonzero(np.diff(starts) != stride) + 1)
     size = min(WINDOWS_PER_STRETCH,
                max(MIN_WINDOWS_PER_STRETCH, math.ceil(len(starts) / STRETCHES_PER_SPLIT)))
     stretches = []
-    for i in range(0, len(starts), size):
-        chunk = starts[i:i + size]
-        first, last = chunk[0] - context, chunk[-1] + horizon
-        stretches.append(Stretch(series, first, values[first:last]))
+    for run in runs:
+        for i in range(0, len(run), size):
+            chunk = run[i:i + size]
+            first, last = int(chunk[0]) - context, int(chunk[-1]) + horizon
+            stretches.append(Stretch(series, first, values[first:last]))
     return stretches
 
 
@@ -322,7 +332,26 @@ def _group(table: pa.Table, options: SeriesOptions, source: str
                         "expected many rows per series id (is it the right column?).")
     order = np.argsort(codes, kind="stable")  # series in order of first appearance
     groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
-    return [(names[code], times[rows], values[rows]) for code, rows in enumerate(groups)]
+    chosen = _chosen_series(names, options, source)
+    return [(names[code], times[rows], values[rows]) for code, rows in enumerate(groups)
+            if names[code] in chosen]
+
+
+def _chosen_series(names: list[str], options: SeriesOptions, source: str) -> set[str]:
+    """The series `task.series` and `task.skip_series` leave; an id the table lacks is an
+    error, since a misspelt one would silently train on the wrong series."""
+    for key in ("series", "skip_series"):
+        unknown = [name for name in getattr(options, key) if name not in names]
+        if unknown:
+            listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise DataError(f"{source}: task.{key} names {unknown[0]!r}, which is not a "
+                            f"value of column `{options.series_id}` (task.series_id); its "
+                            f"series are {listed}.")
+    chosen = set(options.series or names) - set(options.skip_series)
+    if not chosen:
+        raise DataError(f"{source}: task.skip_series leaves none of the table's "
+                        f"{len(names)} series to train on.")
+    return chosen
 
 
 def _grid_step(grouped: list[tuple[str, np.ndarray, np.ndarray]], options: SeriesOptions,

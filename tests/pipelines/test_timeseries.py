@@ -194,6 +194,40 @@ def test_cut_off_times_are_per_series_grid_positions(tmp_path):
                       ("test", "a"): 72, ("test", "b"): 1067}
 
 
+def three_series(tmp_path) -> str:
+    return write(tmp_path, {"time": pa.array(list(range(40)) * 3),
+                            "id": ["a"] * 40 + ["b"] * 40 + ["c"] * 40,
+                            "y": np.arange(120.0)})
+
+
+@pytest.mark.parametrize(("keys", "kept"), [({"series": ("c", "a")}, ("a", "c")),
+                                            ({"skip_series": ("b",)}, ("a", "c")),
+                                            ({}, ("a", "b", "c"))])
+def test_series_and_skip_series_pick_the_series_to_train_on(tmp_path, keys, kept):
+    layout, stretches = load(three_series(tmp_path), options(series_id="id", **keys))
+    assert layout.series == kept
+    trained = Windows(stretches["train"], layout, "train")
+    values = trained.batch(np.arange(len(trained)), seasonal=False)["inputs"][:, 0, 0]
+    assert {int(v) // 40 for v in values.tolist()} == {"abc".index(name) for name in kept}
+
+
+@pytest.mark.parametrize("key", ["series", "skip_series"])
+def test_a_series_the_table_lacks_is_refused_naming_it(tmp_path, key):
+    message = error(three_series(tmp_path), series_id="id", **{key: ("a", "B")})
+    assert f"task.{key}" in message and "'B'" in message and "a, b, c" in message
+
+
+def test_skipping_every_series_is_refused(tmp_path):
+    message = error(three_series(tmp_path), series_id="id", skip_series=("a", "b", "c"))
+    assert "task.skip_series leaves none" in message
+
+
+def test_picking_series_needs_a_series_id():
+    with pytest.raises(ConfigError, match="task.series_id"):
+        Config.from_dict({"task": {"name": "timeseries", "path": "t.csv", "time_column": "t",
+                                 "targets": "y", "skip_series": ["a"]}})
+
+
 def test_cut_off_precision_is_exact_to_the_nanosecond(tmp_path):
     series = timeseries.Series("", pd.Timestamp("2000-01-01").value, np.zeros((300_000, 1)))
     moment = pd.Timestamp("2000-01-01") + pd.Timedelta(hours=200_000) + pd.Timedelta(1, "ns")
@@ -277,7 +311,8 @@ def test_drop_leaves_out_exactly_the_windows_touching_a_gap(tmp_path):
     assert not np.isnan(inputs).any() and not np.isnan(targets).any()
     assert len(starts) == 68 - 16
     stored = reassemble(stretches, 0)
-    assert np.isnan(stored[30][0]) and np.isnan(stored[50][0])  # kept, never filled
+    assert 30 not in stored and 50 not in stored  # a gap is stored in no stretch, never filled
+    assert all(not np.isnan(s.values).any() for s in stretches["train"])
     assert len(Windows(stretches["val"], layout, "val")) == 105 - 3 - 75 + 1  # untouched
 
 
