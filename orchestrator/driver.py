@@ -12,7 +12,9 @@ from its latest checkpoint, in the same MLflow run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -137,7 +139,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     uri = config.tracking.uri
     run_id, experiment_id, resumed = tracking.open_run(
         uri, config.tracking.experiment, config.run.name, config.flat(), config.to_yaml(),
-        tags={"ray.job_id": ray.get_runtime_context().get_job_id(),
+        tags={**ray_job_tags(),
               **(tracking.lineage(uri, transfer.origin) if transfer else {})},
     )
     if transfer and not resumed:
@@ -195,6 +197,19 @@ def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_i
             "init_weights": init_weights}
 
 
+def ray_job_tags() -> dict[str, str]:
+    """The Ray job this driver is, as run tags: `ray.job_id` always, and under `ray job
+    submit` also `ray.submission_id`, the id that `ray job status`, `ray job logs` and the
+    dashboard know the job by. The job supervisor hands it to the driver in the job
+    config's metadata (the RAY_JOB_CONFIG_JSON_ENV_VAR variable)."""
+    tags = {"ray.job_id": ray.get_runtime_context().get_job_id()}
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    submission_id = job_config.get("metadata", {}).get("job_submission_id")
+    if submission_id:
+        tags["ray.submission_id"] = submission_id
+    return tags
+
+
 def prepare_forecast(config: Config) -> dict:
     """A forecasting run's data, prepared once into the run's directory (`directory`)
     and described by its layout (`layout`, JSON). A resume finds it there and reuses it,
@@ -212,6 +227,11 @@ def prepare_forecast(config: Config) -> dict:
         options = config.task.series_options()
         shards = parquet_shards(config.task.path) if options.series_id else []
         try:
+            if len(shards) > 1 and (options.series or options.skip_series):
+                raise DataError(f"{config.task.path} is a directory of {len(shards)} Parquet "
+                                "shards, prepared one by one; task.series and task."
+                                "skip_series pick series from one table. Write the series "
+                                "to train on as their own shards and point task.path at them.")
             if len(shards) > 1:
                 start_ray(verbose=False)
                 work = ray.remote(prepare_table).options(num_cpus=1)

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,25 +27,40 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # host:port, for ray.init and RAY_ADDRESS
+    dashboard: str  # http://host:port, for `ray job submit --address`
+
+
 @pytest.fixture(scope="session")
-def ray_address():
-    """A 2-CPU Ray head on 127.0.0.1 with this process connected, stopped at the end."""
+def ray_head():
+    """A 2-CPU Ray head on 127.0.0.1 with this process connected, stopped at the end.
+
+    The head runs with this virtualenv's bin/ first on PATH, as an activated environment
+    would: a job submitted to it finds `rnn-orch` there."""
     import ray
 
-    port = _free_port()
+    port, dashboard_port = _free_port(), _free_port()
     # The dashboard stays on: Ray Train's placement-group cleaner asks its state API
     # whether a stopped trial's controller is gone; without it a sweep's early-stopped
-    # trials would hold their workers' CPUs for ever.
+    # trials would hold their workers' CPUs for ever. It also serves `ray job submit`.
     subprocess.run(
         [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         f"--dashboard-port={_free_port()}", "--num-cpus=2", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats"],
         check=True, capture_output=True,
+        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"),
     )
-    address = f"127.0.0.1:{port}"
-    ray.init(address=address, log_to_driver=False)
-    yield address
+    head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}")
+    ray.init(address=head.address, log_to_driver=False)
+    yield head
     ray.shutdown()
     subprocess.run([BIN / "ray", "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_head):
+    return ray_head.address
 
 
 @pytest.fixture

@@ -1,0 +1,48 @@
+"""`ray job submit` as users submit to a cluster: the real job client against the test
+head (token authentication on, see conftest), the project as the working directory,
+logs followed to the end, the job's status asked afterwards, and the run found in MLflow
+under the job's submission id."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+RAY = str(Path(sys.executable).parent / "ray")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_submitted_training_job_is_followed_and_tracked(ray_head, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    submitted = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
+         "--", "rnn-orch", "train", "configs/adding.yaml", "run.name=submitted",
+         "task.seq_len=10", "model.hidden_size=16", "train.steps=20", "train.eval_every=10",
+         "train.checkpoint_every=20", "tracking.experiment=jobs", f"tracking.uri={store}",
+         f"run.storage_path={tmp_path / 'runs'}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output
+    submission_id = re.search(r"raysubmit_\w+", output).group()
+    assert f"Job '{submission_id}' succeeded" in output
+    assert "rnn-orch: run submitted" in output  # the job's own logs, followed
+
+    status = subprocess.run([RAY, "job", "status", "--address", ray_head.dashboard,
+                             submission_id], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert f"Job '{submission_id}' succeeded" in status.stdout, status.stdout + status.stderr
+
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ray.submission_id"] == submission_id
+    assert 20 in {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
