@@ -38,14 +38,12 @@ from pathlib import Path
 from machine import describe
 from mlflow.tracking import MlflowClient
 
+from orchestrator.driver import PREPARED_DIR
+from orchestrator.forecaster import Forecaster
+from orchestrator.tracking import forecaster_files, set_verbosity
+from pipelines.windows import Windows, read_layout, read_share
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from orchestrator.driver import PREPARED_DIR  # noqa: E402
-from orchestrator.forecaster import Forecaster  # noqa: E402
-from orchestrator.tracking import forecaster_files, set_verbosity  # noqa: E402
-from pipelines.windows import Windows, read_layout, read_share  # noqa: E402
-
 RNN_ORCH = Path(sys.executable).parent / "rnn-orch"
 SCRATCH = ["init.from=", "init.unfreeze_every=0", "init.lr_decay=1"]
 

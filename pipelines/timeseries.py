@@ -277,8 +277,7 @@ def cut_stretches(series: int, values: np.ndarray, low: int, high: int, context:
     a long gap (a night without readings, a sensor down for a week) is stored in no
     stretch and every stretch holds windows to train on, whichever worker it goes to."""
     starts = np.arange(low, high + 1, stride)
-    gaps = np.concatenate([[0], np.cumsum(np.isnan(values).any(axis=1))])
-    starts = starts[gaps[starts + horizon] == gaps[starts - context]]
+    starts = starts[complete_windows(values, starts - context, context + horizon)]
     runs = np.split(starts, np.flatnonzero(np.diff(starts) != stride) + 1)
     size = min(WINDOWS_PER_STRETCH,
                max(MIN_WINDOWS_PER_STRETCH, math.ceil(len(starts) / STRETCHES_PER_SPLIT)))
@@ -289,6 +288,13 @@ def cut_stretches(series: int, values: np.ndarray, low: int, high: int, context:
             first, last = int(chunk[0]) - context, int(chunk[-1]) + horizon
             stretches.append(Stretch(series, first, values[first:last]))
     return stretches
+
+
+def complete_windows(values: np.ndarray, firsts: np.ndarray, span: int) -> np.ndarray:
+    """Which windows values[first:first + span] touch no missing value (NaN, as
+    missing=drop leaves them), by a running count of incomplete steps."""
+    gaps = np.concatenate([[0], np.cumsum(np.isnan(values).any(axis=1))])
+    return gaps[firsts + span] == gaps[firsts]
 
 
 def window_offsets(steps: int, context: int, horizon: int, stride: int) -> np.ndarray:

@@ -34,7 +34,13 @@ import torch
 from pipelines.errors import DataError
 from pipelines.synthetic import rng_for
 from pipelines.tables import filesystem_of
-from pipelines.timeseries import SPLITS, ForecastLayout, Stretch, window_offsets
+from pipelines.timeseries import (
+    SPLITS,
+    ForecastLayout,
+    Stretch,
+    complete_windows,
+    window_offsets,
+)
 
 LAYOUT_FILE = "layout.json"
 STRETCHES_PER_FILE = 64
@@ -175,8 +181,10 @@ class Windows:
             series.append(np.full(len(offsets), stretch.series, np.int64))
         self._starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         self._series = np.concatenate(series) if series else np.zeros(0, np.int64)
+        # cut_stretches stores only complete windows; prepared data a run resumes may
+        # come from a version that stored gaps too, so the check stays where windows are read.
         if layout.missing == "drop" and len(self._starts):
-            complete = _complete_windows(self._data, self._starts, span)
+            complete = complete_windows(self._data, self._starts, span)
             self._starts, self._series = self._starts[complete], self._series[complete]
         targets = len(layout.targets)
         context = layout.context
@@ -207,12 +215,6 @@ class Windows:
         for start in range(0, len(self), VALIDATION_BATCH):
             yield self.batch(np.arange(start, min(start + VALIDATION_BATCH, len(self))),
                              seasonal=True)
-
-
-def _complete_windows(data: np.ndarray, starts: np.ndarray, span: int) -> np.ndarray:
-    """Which windows touch no missing value (missing=drop), by a running count of gaps."""
-    gaps = np.concatenate([[0], np.cumsum(np.isnan(data).any(axis=1))])
-    return gaps[starts + span] - gaps[starts] == 0
 
 
 def _table(stretches: list[Stretch], names: tuple[str, ...]) -> pa.Table:
