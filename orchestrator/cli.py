@@ -5,6 +5,7 @@
     rnn-orch data make adding --rows 20000 --out data/adding
     rnn-orch data fetch beijing_pm --out data/beijing_pm
     rnn-orch predict runs:/<run id>/model recent.csv --out forecasts.csv
+    rnn-orch sync runs/<run name>          # what a run kept while MLflow was away
 
 Exit codes: 0 success, 2 bad input (config, overrides, sweep file, data), 1 training
 failed, 130 interrupted (resumable).
@@ -100,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("table", help="CSV or Parquet file, or a directory of Parquet files")
     predict.add_argument("--out", required=True, help="output file, .csv or .parquet")
     predict.set_defaults(run=_predict)
+
+    sync = commands.add_parser(
+        "sync", help="send to MLflow what a run kept while its tracking server was away",
+        description="Send the metrics, tags and files that a run kept in RUN_DIR/mlflow_spool "
+                    "while its tracking server could not be reached, oldest first, each "
+                    "once; if the server was away when training ended, also log the run's "
+                    "model from its checkpoints and mark the run FINISHED.",
+    )
+    sync.add_argument("run_dir", help="the run's directory: <run.storage_path>/<run.name>, "
+                                      "as the end of `rnn-orch train` prints it")
+    sync.add_argument("--tracking-uri", default="",
+                      help="send to this MLflow instead of the one the run logged to")
+    sync.set_defaults(run=_sync)
     return parser
 
 
@@ -129,7 +143,10 @@ def _train(args: argparse.Namespace) -> int:
               f"{resume_command(args.config, config.run.name)}", flush=True)
         return EXIT_INTERRUPTED
     print(summary(outcome, args.config, config))
-    if args.register:
+    if args.register and not outcome.model_uri:
+        print(f"  not registered: the model is logged by `rnn-orch sync {outcome.run_path}`; "
+              "register it after that.")
+    elif args.register:
         from orchestrator import tracking
 
         version = tracking.register_model(config.tracking.uri, outcome.model_uri, args.register,
@@ -206,6 +223,26 @@ def forecast_summary(final: dict[str, float]) -> list[str]:
 
 def resume_command(config_path: str, run_name: str) -> str:
     return f"rnn-orch train {config_path} run.name={run_name}"
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from orchestrator import driver
+
+    try:
+        sent, model_uri = driver.sync(args.run_dir, args.tracking_uri)
+    except Exception as error:
+        from orchestrator import tracking
+
+        if not tracking.server_lost(args.tracking_uri or driver.kept_for(args.run_dir), error):
+            raise
+        print(f"rnn-orch: MLflow still cannot be reached ({tracking.first_line(error)}); "
+              f"everything not sent is still kept in {args.run_dir}. Try again later.",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"rnn-orch: sent {sent} kept entries from {args.run_dir}"
+          + (f"; logged the model ({model_uri}) and marked the run FINISHED" if model_uri
+             else ""), flush=True)
+    return EXIT_OK
 
 
 def _data_make(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
@@ -30,6 +31,7 @@ from orchestrator import checkpoints, tracking
 from orchestrator.config import Config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
+from orchestrator.metric_logger import SPOOL_DIR, Spool, spool_directory
 from orchestrator.progress import ProgressBoard, ProgressPrinter
 from orchestrator.transfer import Freezer, TransferPlan, load_source
 from orchestrator.transfer import plan as transfer_plan
@@ -38,7 +40,7 @@ from pipelines.errors import DataError
 from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
-from pipelines.tables import parquet_shards, read_table
+from pipelines.tables import filesystem_of, parquet_shards, read_table
 from pipelines.timeseries import ForecastLayout, SeriesOptions, merge_layouts, prepare
 from pipelines.windows import (
     Windows,
@@ -130,6 +132,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     KeyboardInterrupt on Ctrl-C (the run is marked KILLED and can be resumed)."""
     started = time.monotonic()
     tracking.set_verbosity(verbose)
+    tracking.fail_fast_http()
     forecast = prepare_forecast(config) if config.task.name == "timeseries" else None
     info = task_info(config, forecast and ForecastLayout.from_json(forecast["layout"]))
     quantiles = data_difficulty(config)
@@ -152,20 +155,34 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         with ProgressPrinter(board, config.train.steps, stream):
             result = make_trainer(config, loop_config, verbose).fit()
     except ray.train.TrainingFailedError as exc:
-        tracking.finish_run(uri, run_id, "FAILED")
+        close_run(uri, run_id, "FAILED", stream)
         raise failure(exc) from None
     except (KeyboardInterrupt, SystemExit):
         # On Ctrl-C Ray Train aborts its controller, then exits from its signal handler.
-        tracking.finish_run(uri, run_id, "KILLED")
+        close_run(uri, run_id, "KILLED", stream)
         raise KeyboardInterrupt from None
-    best, tested, model_uri = log_final_model(result, uri, run_id, forecast)
-    tracking.finish_run(uri, run_id, "FINISHED")
+    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    ending = {"tracking_uri": uri, "run_id": run_id, "forecast": forecast,
+              "final": checkpoint_uri(config, result.checkpoint),
+              "best": checkpoint_uri(config, best)}
+    try:
+        tested, model_uri = end_run(ending)
+    except Exception as error:
+        if not tracking.server_lost(uri, error):
+            raise
+        run_dir = f"{config.run.storage_path}/{config.run.name}"
+        Spool(spool_directory(config.run.storage_path, config.run.name)).keep_ending(ending)
+        print(f"rnn-orch: MLflow at {uri} cannot be reached, so the model is not logged "
+              f"yet; the run's checkpoints are in {run_dir}. When the server is back, "
+              f"`rnn-orch sync {run_dir}` sends what was kept, logs the model and marks the "
+              "run FINISHED.", file=stream, flush=True)
+        tested, model_uri = {}, ""
     return Outcome(
         run_name=config.run.name, run_id=run_id,
         experiment_id=experiment_id, resumed=resumed,
         final={**(result.metrics or {}), **tested}, baseline=info.baseline,
         run_path=str(result.path),
-        best_checkpoint=best.path, seconds=time.monotonic() - started, model_uri=model_uri,
+        best_checkpoint=ending["best"], seconds=time.monotonic() - started, model_uri=model_uri,
     )
 
 
@@ -193,6 +210,7 @@ def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_i
     return {"config": config.to_dict(), "task": dataclasses.asdict(info),
             "difficulty_quantiles": quantiles, "run_id": run_id,
             "tracking_uri": config.tracking.uri, "board": board,
+            "spool_dir": spool_directory(config.run.storage_path, config.run.name),
             "init_checkpoint": init_checkpoint, "forecast": forecast,
             "init_weights": init_weights}
 
@@ -294,21 +312,75 @@ def make_trainer(config: Config, loop_config: dict, verbose: bool,
     )
 
 
-def log_final_model(result: ray.train.Result, uri: str, run_id: str,
-                    forecast: dict | None = None,
-                    ) -> tuple[ray.train.Checkpoint, dict[str, float], str]:
+def checkpoint_uri(config: Config, checkpoint: ray.train.Checkpoint) -> str:
+    """Where a checkpoint of this run lives, as a path or URI that any process can open."""
+    return f"{config.run.storage_path}/{config.run.name}/{Path(checkpoint.path).name}"
+
+
+def end_run(ending: dict) -> tuple[dict[str, float], str]:
+    """Log the final model (`log_final_model`) and mark the run FINISHED. `ending` says
+    which run and checkpoints, as plain values: `rnn-orch sync` finishes a run with it
+    when the tracking server was away at the end of training."""
+    tested, model_uri = log_final_model(
+        ray.train.Checkpoint(ending["final"]), ray.train.Checkpoint(ending["best"]),
+        ending["tracking_uri"], ending["run_id"], ending["forecast"])
+    tracking.finish_run(ending["tracking_uri"], ending["run_id"], "FINISHED")
+    return tested, model_uri
+
+
+def close_run(uri: str, run_id: str, status: str, stream) -> None:
+    """Mark a run that stopped early FAILED or KILLED, unless the server is away."""
+    try:
+        tracking.finish_run(uri, run_id, status)
+    except Exception as error:
+        if not tracking.server_lost(uri, error):
+            raise
+        print(f"rnn-orch: MLflow at {uri} cannot be reached; the run stays RUNNING there.",
+              file=stream, flush=True)
+
+
+def sync(run_dir: str, uri: str = "") -> tuple[int, str]:
+    """`rnn-orch sync RUN_DIR`: send what a run kept while its tracking server was away
+    (to `uri` if given, else the server it was kept for), and finish the run if its end
+    was kept too. Returns how many entries were sent and the logged model's URI ("" when
+    the run's end was not kept)."""
+    tracking.fail_fast_http()
+    spool = _spool_of(run_dir)
+    sent = spool.send(uri)
+    ending = spool.ending()
+    if ending is None:
+        return sent, ""
+    _, model_uri = end_run({**ending, "tracking_uri": uri or ending["tracking_uri"]})
+    spool.drop_ending()
+    return sent, model_uri
+
+
+def kept_for(run_dir: str) -> str:
+    """The tracking URI that the oldest thing kept in `run_dir` was meant for ("" if none)."""
+    return _spool_of(run_dir).tracking_uri()
+
+
+def _spool_of(run_dir: str) -> Spool:
+    filesystem, root = filesystem_of(run_dir)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        raise DataError(f"{run_dir}: no such run directory; expected <run.storage_path>/"
+                        "<run.name>, the directory `rnn-orch train` names at its end.")
+    return Spool(f"{run_dir.rstrip('/')}/{SPOOL_DIR}")
+
+
+def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri: str,
+                    run_id: str, forecast: dict | None = None) -> tuple[dict[str, float], str]:
     """Log the model of the last checkpoint and the files of the best one; returns the
-    best, the test figures of a forecaster, and the logged model's URI.
+    test figures of a forecaster and the logged model's URI.
 
     A forecaster is chosen by validation: the best checkpoint's model is the one scored
     on the test split (`test_*`, next to the naive forecasters), drawn, and logged as a
     servable pyfunc model."""
-    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
-    with result.checkpoint.as_directory() as final_dir, best.as_directory() as best_dir:
+    with final.as_directory() as final_dir, best.as_directory() as best_dir:
         if forecast is None:
             model_uri = tracking.log_model(uri, run_id, checkpoints.load_model(final_dir),
                                            best_dir)
-            return best, {}, model_uri
+            return {}, model_uri
         forecaster = Forecaster.load(best_dir)
         layout = forecaster.layout
         test = read_share(forecast["directory"], "test", 0, 1, layout)
@@ -318,7 +390,7 @@ def log_final_model(result: ray.train.Result, uri: str, run_id: str,
         with tempfile.TemporaryDirectory() as plots:
             plot_test_forecasts(forecaster, test[0], plots)
             model_uri = tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
-    return best, tested, model_uri
+    return tested, model_uri
 
 
 def start_ray(verbose: bool) -> None:

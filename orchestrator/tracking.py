@@ -1,11 +1,8 @@
-"""Everything MLflow: the one module that imports it.
+"""Everything MLflow but the training loop's own logging (`orchestrator.metric_logger`).
 
 The driver opens the run before training and passes its id into the loop, so rank 0 of
 any worker group (the first, or one restarted after a failure) writes to the same run.
-Ray Train V2 has no MLflow callback, so the loop logs itself, batched: one `log_batch`
-call every couple of seconds instead of one call per metric per step, because a SQLite
-store costs milliseconds per call. Files (the diagnostics' figures) go up at once: they
-are written rarely, at checkpoints.
+Ray Train V2 has no MLflow callback, so the loop logs itself (`MetricLogger`).
 """
 
 from __future__ import annotations
@@ -28,7 +25,20 @@ PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow's UI nest a trial under i
 TRIAL_TAG = "rnn_orch.trial_id"
 LINEAGE_PREFIX = "rnn_orch.init."  # a fine-tuned run's source: from, registered_model, ...
 WEIGHTS_FILE = "weights.pt"  # in a logged model's extra_files: loads weights-only
-_BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+# A request to a server that is gone fails within seconds instead of after MLflow's
+# default of seven retries over two minutes: what is not sent is kept and sent later.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def fail_fast_http() -> None:
+    """Bound MLflow's HTTP retries in this process (unless the user set them): a lost
+    tracking server must not hold up training or the end of a run."""
+    for name, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def set_verbosity(verbose: bool) -> None:
@@ -85,6 +95,22 @@ def open_run(uri: str, experiment: str, run_name: str, params: dict, config_yaml
     ])
     client.log_text(run_id, config_yaml, "config.yaml")
     return run_id, experiment_id, False
+
+
+def server_lost(uri: str, error: BaseException) -> bool:
+    """Whether `error` means the tracking server has gone away: an MLflow or HTTP failure
+    while the server at `uri` does not answer its health check. A SQLite or file store is
+    never lost; its errors are real ones."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if not uri.startswith(("http://", "https://")) or not isinstance(
+            error, (MlflowException, requests.RequestException, OSError)):
+        return False
+    try:
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=5).status_code != 200
+    except requests.RequestException:
+        return True
 
 
 def finish_run(uri: str, run_id: str, status: str) -> None:
@@ -221,12 +247,12 @@ def _download_model(model_uri: str, uri: str, directory: str) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
                                                         dst_path=directory))
     except (MlflowException, OSError) as error:
-        raise DataError(f"{model_uri}: no model found there ({_first_line(error)}); "
+        raise DataError(f"{model_uri}: no model found there ({first_line(error)}); "
                         "expected a model rnn-orch logged, e.g. runs:/<run id>/model or "
                         "models:/<name>/<version>.") from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
@@ -293,46 +319,6 @@ def lineage(uri: str, origin: str) -> dict[str, str]:
 def log_text(uri: str, run_id: str, text: str, name: str) -> None:
     """A text file in the run's artifacts (a report, a table)."""
     MlflowClient(uri).log_text(run_id, text, name)
-
-
-class MetricLogger:
-    """Buffers per-step metrics on rank 0 and sends them in batches.
-
-    `log` costs a list append; the store is written at most every `flush_every_s`
-    seconds and on `flush()`.
-    """
-
-    def __init__(self, uri: str, run_id: str, flush_every_s: float = 2.0):
-        self._client = MlflowClient(uri)
-        self._run_id = run_id
-        self._flush_every_s = flush_every_s
-        self._pending: list[Metric] = []
-        self._tags: list[RunTag] = []
-        self._last_flush = time.monotonic()
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        now_ms = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now_ms, step) for k, v in metrics.items())
-        if time.monotonic() - self._last_flush >= self._flush_every_s:
-            self.flush()
-
-    def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
-        """Upload the files of `directory` under `artifact_path` now. A file already there
-        under the same name is replaced, so a figure redrawn during a run keeps one path."""
-        self._client.log_artifacts(self._run_id, str(directory), artifact_path)
-
-    def tag(self, key: str, value: str) -> None:
-        """A tag, sent with the next batch of metrics."""
-        self._tags.append(RunTag(key, value))
-
-    def flush(self) -> None:
-        for start in range(0, len(self._pending), _BATCH_LIMIT):
-            self._client.log_batch(self._run_id, self._pending[start:start + _BATCH_LIMIT])
-        for start in range(0, len(self._tags), _BATCH_LIMIT):
-            self._client.log_batch(self._run_id, tags=self._tags[start:start + _BATCH_LIMIT])
-        self._pending.clear()
-        self._tags.clear()
-        self._last_flush = time.monotonic()
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:

@@ -32,6 +32,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import checkpoints, driver, tracking
 from orchestrator.config import Config, with_values
+from orchestrator.metric_logger import MetricLogger
 
 ORIGIN_FILE = "origin.json"  # in a checkpoint reported to Tune: which trial made it, when
 
@@ -93,7 +94,7 @@ def train_in_intervals(config: Config, loop_config: dict, context: SweepContext,
     """Train to the end one perturbation interval at a time, reporting each interval's
     checkpoint to Tune; start from the checkpoint Tune hands back (this trial's own after
     a restart, a better trial's after an exploit)."""
-    logger = tracking.MetricLogger(config.tracking.uri, loop_config["run_id"])
+    logger = MetricLogger(config.tracking.uri, loop_config["run_id"], loop_config["spool_dir"])
     init = tune.get_checkpoint()
     origin = read_origin(init) if init else None
     step = origin["step"] if origin else 0

@@ -35,10 +35,10 @@ from orchestrator.curriculum import Curriculum, Plan
 from orchestrator.diagnostics import Diagnostics
 from orchestrator.forecasting import ForecastObjective
 from orchestrator.guard import DivergenceGuard, Verdict
+from orchestrator.metric_logger import MetricLogger
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
 from orchestrator.progress import ProgressPoster
-from orchestrator.tracking import MetricLogger
 from orchestrator.transfer import Freezer, param_groups
 from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate
@@ -434,12 +434,15 @@ class Recorder:
 
     def __init__(self, loop_config: dict[str, Any], place: Place,
                  optimizer: torch.optim.Optimizer):
-        self._logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
         board = loop_config.get("board")
         self._progress = ProgressPoster(board) if board is not None else None
+        self._logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
+                                    loop_config["spool_dir"],
+                                    notify=self._progress.note if self._progress else None)
         self._optimizer = optimizer
         self._clipped = deque(maxlen=CLIP_RATE_WINDOW)
         self._last_time = time.perf_counter()
+        self._logged_through = 0  # steps up to this one are in MLflow already (`resumed`)
 
     def step(self, step: int, figures: dict[str, float]) -> None:
         now = time.perf_counter()
@@ -457,12 +460,16 @@ class Recorder:
             if optional in figures:
                 metrics[optional] = figures[optional]
         self._last_time = now
-        self._logger.log(step, metrics)
+        self._log(step, metrics)
         if self._progress:
             self._progress.post({"step": step, **metrics})
 
     def diagnostics(self, step: int, figures: dict[str, float]) -> None:
-        self._logger.log(step, figures)
+        self._log(step, figures)
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if step > self._logged_through:
+            self._logger.log(step, metrics)
 
     def diagnostic_files(self, diagnostics: Diagnostics) -> None:
         """Redraw the gradient-through-time heatmap and its matrix; upload both under
@@ -472,13 +479,17 @@ class Recorder:
             self._logger.log_artifacts(directory, "diagnostics")
 
     def resumed(self, step: int) -> None:
-        """A resume or a restart after a failure shows in MLflow as the step it restarted at."""
+        """A resume or a restart after a failure shows in MLflow as the step it restarted at.
+
+        The attempt that stopped had logged steps past its last checkpoint. They are
+        trained again but not logged again, so MLflow keeps one value per step."""
+        self._logged_through = self._logger.last_step("train_loss")
         self._logger.log(step, {"resumed_from_step": step})
 
     def incident(self, step: int, cause: str, action: str, guard: DivergenceGuard) -> None:
         """A bad step: counts as metrics, the story as a tag, a line on the console."""
-        self._logger.log(step, {"guard_skipped_steps": guard.skipped,
-                                "guard_rollbacks": guard.rollbacks})
+        self._log(step, {"guard_skipped_steps": guard.skipped,
+                         "guard_rollbacks": guard.rollbacks})
         self._logger.tag(f"guard.incident.{step:08d}", f"{cause}: {action}")
         if self._progress:
             self._progress.note(f"step {step}: {cause}: {action}")
@@ -487,7 +498,7 @@ class Recorder:
         """Sent at once: a sweep's scheduler may stop the trial right after this report.
         The learning rate of each layer (`lr/<layer>`) goes with it."""
         rates = {f"lr/{group['layer']}": group["lr"] for group in self._optimizer.param_groups}
-        self._logger.log(step, {**figures, **rates})
+        self._log(step, {**figures, **rates})
         self._logger.flush()
         if self._progress:
             self._progress.post({"step": step, "val_step": step, **figures}, force=True)

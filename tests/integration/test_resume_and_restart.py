@@ -70,8 +70,10 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env,
     start = int(resumed[0])
     levels = {m.step: m.value for m in client.get_metric_history(run_id, "curriculum_level")}
     assert levels[start + 1] == min(20, 4 + 2 * (start // 20))  # the level it had reached
-    val_steps = {m.step for m in client.get_metric_history(run_id, "val_loss")}
-    assert end in val_steps
+    val_steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    assert end in val_steps and len(val_steps) == len(set(val_steps))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
+        range(1, end + 1))
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
@@ -90,6 +92,9 @@ def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_e
     client, run_id = only_run(workdir)
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
     assert len(resumed) == 1 and resumed[0] > 0
+    # Steps the dead attempt logged after its checkpoint are trained again, logged once.
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
+        range(1, 401))
     assert 400 in {m.step for m in client.get_metric_history(run_id, "val_loss")}
     assert client.get_run(run_id).info.status == "FINISHED"
 

@@ -119,3 +119,33 @@ def test_data_make_refuses_a_non_empty_directory(workdir, capsys):
 def test_data_make_rejects_zero_rows(workdir, capsys):
     code = main(["data", "make", "copy", "--rows", "0", "--out", str(workdir / "x")])
     assert_bad_input(code, capsys, "rows")
+
+
+def test_sync_of_a_missing_run_directory_names_it(workdir, capsys):
+    code = main(["sync", "runs/never-ran"])
+    assert_bad_input(code, capsys, "runs/never-ran", "<run.storage_path>/<run.name>")
+
+
+def test_sync_with_nothing_kept_sends_nothing(workdir, capsys):
+    (workdir / "runs" / "quiet").mkdir(parents=True)
+    assert main(["sync", "runs/quiet"]) == EXIT_OK
+    assert "sent 0 kept entries" in capsys.readouterr().out
+
+
+def test_sync_while_the_server_is_still_away_keeps_everything(workdir, capsys):
+    import socket
+
+    from mlflow.entities import Metric
+
+    from orchestrator.cli import EXIT_FAILED
+    from orchestrator.metric_logger import SPOOL_DIR, Spool
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    spool = Spool(str(workdir / "runs" / "away" / SPOOL_DIR))
+    spool.add_batch(gone, "abc", [Metric("train_loss", 0.5, 0, 1)], [])
+    code = main(["sync", "runs/away"])
+    _, err = capsys.readouterr()
+    assert code == EXIT_FAILED and "still cannot be reached" in err and "Traceback" not in err
+    assert len(spool.entries()) == 1

@@ -1,0 +1,138 @@
+"""A real `mlflow server` on 127.0.0.1 that goes away: killed in the middle of a training
+run, or missing while a logger runs and started later. Training goes on, what could not be
+sent is kept in the run's storage, and it reaches MLflow once the server is back, each
+figure once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from orchestrator.metric_logger import SPOOL_DIR, MetricLogger, Spool
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+CONFIG = str(Path(__file__).parents[2] / "configs" / "adding.yaml")
+
+
+class Server:
+    """`mlflow server` with a SQLite store and proxied artifacts under `root`; it can be
+    killed and started again on the same port and store."""
+
+    def __init__(self, root: Path):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, "mlflow server exited"
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not answer"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = Server(tmp_path / "mlflow-server")
+    server.root.mkdir()
+    yield server
+    server.kill()
+
+
+def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(server, cli_env,
+                                                                      workdir):
+    server.start()
+    run_dir = workdir / "runs" / "lose-server"
+    run = subprocess.Popen(
+        [BIN / "rnn-orch", "train", CONFIG, "run.name=lose-server", "task.seq_len=20",
+         "model.hidden_size=16", "train.steps=400", "train.eval_every=40",
+         "train.checkpoint_every=40", "tracking.experiment=tests",
+         f"tracking.uri={server.uri}"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "checkpoint_manager_snapshot.json").exists():
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    server.kill()  # the first validation is in MLflow; the rest of the run has no server
+
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output
+    assert output.count("cannot be reached (") == 1, output  # told once, by the loop
+    assert f"rnn-orch sync {run_dir}" in output, output  # and how to finish, by the driver
+    assert (run_dir / "checkpoint_00000400").is_dir()  # checkpoints went on being written
+    spool = Spool(str(run_dir / SPOOL_DIR))
+    assert spool.entries() and spool.ending() is not None
+
+    server.start()
+    synced = subprocess.run([BIN / "rnn-orch", "sync", str(run_dir)], env=cli_env,
+                            capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "marked the run FINISHED" in synced.stdout
+    assert spool.entries() == [] and spool.ending() is None
+
+    client = MlflowClient(server.uri)
+    [found] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    run_id = found.info.run_id
+    assert steps_of(client, run_id, "train_loss") == list(range(1, 401))  # each step once
+    assert steps_of(client, run_id, "val_loss") == list(range(40, 401, 40))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.tags["rnn_orch.model_uri"].startswith("models:/")
+    assert "best_checkpoint" in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_a_logger_started_while_the_server_is_down_sends_everything_when_it_is_back(
+        server, tmp_path):
+    server.start()  # to create the run; then it goes away
+    client = MlflowClient(server.uri)
+    run_id = client.create_run(client.create_experiment("back")).info.run_id
+    server.kill()
+    notes: list[str] = []
+    logger = MetricLogger(server.uri, run_id, str(tmp_path / SPOOL_DIR), flush_every_s=3600,
+                          retry_every_s=0.0, notify=notes.append)
+    for step in (1, 2):
+        logger.log(step, {"train_loss": 1.0 / step})
+        logger.flush()
+    assert len(Spool(str(tmp_path / SPOOL_DIR)).entries()) == 2
+
+    server.start()
+    logger.log(3, {"train_loss": 1.0 / 3})
+    logger.flush()  # the spool first, then the new batch
+    assert Spool(str(tmp_path / SPOOL_DIR)).entries() == []
+    assert [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, "train_loss"),
+                                              key=lambda m: m.step)] == [
+        (1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert len(notes) == 2 and "is back: sent 2 spooled entries" in notes[1], notes
