@@ -27,12 +27,12 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from models import build_model
-from orchestrator import checkpoints, tracking
+from orchestrator import checkpoints, shared_storage, tracking
 from orchestrator.config import Config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
 from orchestrator.metric_logger import SPOOL_DIR, Spool, spool_directory
-from orchestrator.progress import ProgressBoard, ProgressPrinter
+from orchestrator.progress import ProgressPrinter, board_on_this_node
 from orchestrator.transfer import Freezer, TransferPlan, load_source
 from orchestrator.transfer import plan as transfer_plan
 from orchestrator.worker import model_spec, train_loop_per_worker
@@ -138,6 +138,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     quantiles = data_difficulty(config)
     transfer = plan_transfer(config, info)
     start_ray(verbose)
+    check_storage(config)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     uri = config.tracking.uri
     run_id, experiment_id, resumed = tracking.open_run(
@@ -148,7 +149,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     if transfer and not resumed:
         print(transfer.report(), file=stream, flush=True)
         tracking.log_text(uri, run_id, transfer.report(), TRANSFER_REPORT)
-    board = ProgressBoard.remote()
+    board = board_on_this_node()
     loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast,
                                    init_weights=transfer.weights if transfer else None)
     try:
@@ -402,6 +403,20 @@ def start_ray(verbose: bool) -> None:
     if ray.is_initialized():
         return
     ray.init(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+
+
+def check_storage(config: Config) -> None:
+    """Refuse storage that only this node reaches when the run trains on others
+    (`orchestrator.shared_storage`): when the cluster has more than one node, or when
+    this node offers no CPU or GPU (a head that trains nothing, its workers still to
+    come)."""
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    here = ray.get_runtime_context().get_node_id()
+    offered = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
+    multi_node = len(alive) > 1 or not (offered.get("CPU") or offered.get("GPU"))
+    mounts = Path("/proc/mounts")
+    shared_storage.check(config.run.storage_path, config.tracking.uri, multi_node,
+                         mounts.read_text() if mounts.exists() else "")
 
 
 def scaling_config(config: Config) -> ray.train.ScalingConfig:

@@ -32,6 +32,16 @@ class ProgressBoard:
         return self._latest, self._notes
 
 
+def board_on_this_node():
+    """A ProgressBoard on the driver's own node, so it lives and dies with the driver: a
+    board on a node that is lost mid-run would take the progress line with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ProgressBoard.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+
+
 class ProgressPoster:
     """Rank 0's side: posts to the board at most every `every_s` seconds."""
 

@@ -54,6 +54,7 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
     path = f"{storage}/{sweep.name}"
     _check_resumable(path, resume, sweep)
     driver.start_ray(verbose)
+    driver.check_storage(base)
     tracking.set_verbosity(verbose)
     uri = base.tracking.uri
     parent_run_id, experiment_id, _ = tracking.open_run(

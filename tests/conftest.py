@@ -7,13 +7,16 @@ client on this machine reads it."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 BIN = Path(sys.executable).parent
 # Set before anything imports ray (Ray reads it once, at import); inherited by the head
@@ -77,3 +80,45 @@ def cli_env(ray_address, workdir):
     env = dict(os.environ, RAY_ADDRESS=ray_address)
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+class MlflowServer:
+    """`mlflow server` with a SQLite store and proxied artifacts under `root`; it can be
+    killed and started again on the same port and store."""
+
+    def __init__(self, root: Path):
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, "mlflow server exited"
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not answer"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A tracking server the test starts (and may kill and start again); killed at the end."""
+    server = MlflowServer(tmp_path / "mlflow-server")
+    server.root.mkdir()
+    yield server
+    server.kill()

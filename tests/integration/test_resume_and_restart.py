@@ -95,8 +95,21 @@ def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_e
     # Steps the dead attempt logged after its checkpoint are trained again, logged once.
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
         range(1, 401))
-    assert 400 in {m.step for m in client.get_metric_history(run_id, "val_loss")}
     assert client.get_run(run_id).info.status == "FINISHED"
+
+    # Exact: the same run never interrupted validates to the same losses after the restart.
+    straight = subprocess.run([RNN_ORCH, "train", CONFIG, *args, "run.name=straight"],
+                              env=cli_env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    [reference] = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id],
+        filter_string="tags.`rnn_orch.run_name` = 'straight'")
+    restarted, uninterrupted = (
+        {m.step: m.value for m in client.get_metric_history(run, "val_loss")}
+        for run in (run_id, reference.info.run_id))
+    assert restarted.keys() == uninterrupted.keys() and 400 in restarted
+    for step in restarted:
+        assert restarted[step] == pytest.approx(uninterrupted[step], rel=1e-6, abs=1e-9), step
 
 
 def test_bad_data_found_by_a_worker_exits_2_naming_the_key(cli_env, workdir):

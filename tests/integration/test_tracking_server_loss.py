@@ -5,16 +5,12 @@ figure once."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from orchestrator.metric_logger import SPOOL_DIR, MetricLogger, Spool
@@ -25,55 +21,13 @@ BIN = Path(sys.executable).parent
 CONFIG = str(Path(__file__).parents[2] / "configs" / "adding.yaml")
 
 
-class Server:
-    """`mlflow server` with a SQLite store and proxied artifacts under `root`; it can be
-    killed and started again on the same port and store."""
-
-    def __init__(self, root: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.root = root
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, "mlflow server exited"
-            try:
-                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not answer"
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-@pytest.fixture
-def server(tmp_path):
-    server = Server(tmp_path / "mlflow-server")
-    server.root.mkdir()
-    yield server
-    server.kill()
-
-
 def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(server, cli_env,
+def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(mlflow_server, cli_env,
                                                                       workdir):
+    server = mlflow_server
     server.start()
     run_dir = workdir / "runs" / "lose-server"
     run = subprocess.Popen(
@@ -115,7 +69,8 @@ def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(server, cl
 
 
 def test_a_logger_started_while_the_server_is_down_sends_everything_when_it_is_back(
-        server, tmp_path):
+        mlflow_server, tmp_path):
+    server = mlflow_server
     server.start()  # to create the run; then it goes away
     client = MlflowClient(server.uri)
     run_id = client.create_run(client.create_experiment("back")).info.run_id
