@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.metric_logger import SPOOL_DIR, MetricLogger, Spool
+from tests.integration.test_resume_and_restart import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,7 @@ def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(mlflow_ser
          "train.checkpoint_every=40", "tracking.experiment=tests",
          f"tracking.uri={server.uri}"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while not (run_dir / "checkpoint_manager_snapshot.json").exists():
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.2)
+    wait_for_checkpoint(run_dir, run, timeout_s=180)
     server.kill()  # the first validation is in MLflow; the rest of the run has no server
 
     output, _ = run.communicate(timeout=300)

@@ -17,6 +17,8 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from tests.integration.test_resume_and_restart import wait_for_checkpoint
+
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
@@ -87,11 +89,7 @@ def test_node_local_storage_is_refused_and_a_lost_node_is_survived(nodes, mlflow
          f"run.storage_path={(workdir / 'runs').as_uri()}", "tracking.experiment=tests",
          f"tracking.uri={mlflow_server.uri}"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while not (run_dir / "checkpoint_manager_snapshot.json").exists():
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.2)
+    wait_for_checkpoint(run_dir, run, timeout_s=180)
     nodes.lose(lost)
     nodes.start()  # the replacement an autoscaler would start
 
