@@ -59,7 +59,7 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
     uri = base.tracking.uri
     parent_run_id, experiment_id, _ = tracking.open_run(
         uri, base.tracking.experiment, f"sweep-{sweep.name}", sweep_params(sweep),
-        sweep.path.read_text(), tags={"rnn_orch.kind": "sweep"},
+        sweep.path.read_text(), tags={"rnn_orch.kind": "sweep", **driver.ray_job_tags()},
     )
     context = SweepContext(
         name=sweep.name, base=base.to_dict(), parent_run_id=parent_run_id,

@@ -1,7 +1,7 @@
-"""`ray job submit` as users submit to a cluster: the real job client against the test
-head (token authentication on, see conftest), the project as the working directory,
-logs followed to the end, the job's status asked afterwards, and the run found in MLflow
-under the job's submission id."""
+"""`ray job submit` of a training run and of a sweep, as users submit to a cluster: the real
+job client against the test head (token authentication on, see conftest), the project as
+the working directory, logs followed to the end, the job's status asked afterwards, and
+the runs found in MLflow under the job's submission id."""
 
 from __future__ import annotations
 
@@ -46,3 +46,34 @@ def test_a_submitted_training_job_is_followed_and_tracked(ray_head, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["ray.submission_id"] == submission_id
     assert 20 in {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
+
+
+def test_a_submitted_sweep_runs_its_trials_on_the_cluster(ray_head, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "base.yaml").write_text(
+        "task: {name: adding, seq_len: 10}\nmodel: {cell: gru, hidden_size: 16}\n"
+        "train: {steps: 20, eval_every: 10, checkpoint_every: 20}\n"
+        "scaling: {num_workers: 1, cpus_per_worker: 0.9}\n"
+        f"run: {{storage_path: {tmp_path / 'runs'}}}\n"
+        f"tracking: {{experiment: jobs, uri: '{store}'}}\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: submitted\nbase: base.yaml\nspace:\n  optim.lr: {grid: [0.01]}\n"
+                     "metric: val_loss\nmode: min\n")
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    submitted = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
+         "--", "rnn-orch", "tune", str(sweep)],
+        env=env, capture_output=True, text=True, timeout=400)
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output
+    submission_id = re.search(r"raysubmit_\w+", output).group()
+    assert f"Job '{submission_id}' succeeded" in output
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
+    [parent] = [run for run in runs if run.data.tags.get("rnn_orch.kind") == "sweep"]
+    [trial] = [run for run in runs if run.data.tags.get("mlflow.parentRunId")
+               == parent.info.run_id]
+    assert parent.data.tags["ray.submission_id"] == submission_id
+    assert trial.info.status == "FINISHED"
+    assert 20 in {m.step for m in client.get_metric_history(trial.info.run_id, "val_loss")}
