@@ -134,6 +134,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          "diagnostics": diagnostics.state_dict() if diagnostics else {}}
             report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
                    place, {LAYOUT_FILE: forecast["layout"]} if forecast else {})
+            if recorder:
+                recorder.reported()
     if recorder:
         recorder.close()
 
@@ -502,7 +504,11 @@ class Recorder:
         self._logger.flush()
         if self._progress:
             self._progress.post({"step": step, "val_step": step, **figures}, force=True)
-        self._last_time = time.perf_counter()  # validation time is not training throughput
+
+    def reported(self) -> None:
+        """Validation, the checkpoint and the report are not training: the next step's
+        `tokens_per_s` counts from here."""
+        self._last_time = time.perf_counter()
 
     def close(self) -> None:
         self._logger.flush()
