@@ -78,18 +78,31 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env,
 
 
 def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_env, workdir):
-    args = [*ARGS, "run.name=restart-me", "train.steps=400", "run.max_failures=1"]
-    run = subprocess.Popen([RNN_ORCH, "train", CONFIG, *args], env=cli_env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [*ARGS, "train.steps=400", "run.max_failures=1"]
+    # The same run never interrupted, for the exact comparison; the two runs take one CPU
+    # each on the 2-CPU test cluster, so they train side by side. The store is created
+    # first: two processes creating one SQLite store at once race in MLflow's migrations.
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    client.create_experiment("tests")
+    straight = subprocess.Popen([RNN_ORCH, "train", CONFIG, *args, "run.name=straight"],
+                                env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    run = subprocess.Popen([RNN_ORCH, "train", CONFIG, *args, "run.name=restart-me"],
+                           env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
     wait_for_checkpoint(workdir / "runs" / "restart-me", run, timeout_s=180)
-    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
-                             text=True).stdout.split()
+    workers = workers_of("restart-me")
     assert len(workers) == 2
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    os.kill(workers[-1], signal.SIGKILL)
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output
+    output, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, output
 
-    client, run_id = only_run(workdir)
+    run_id, reference_id = (
+        client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                           filter_string=f"tags.`rnn_orch.run_name` = '{name}'")[0].info.run_id
+        for name in ("restart-me", "straight"))
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
     assert len(resumed) == 1 and resumed[0] > 0
     # Steps the dead attempt logged after its checkpoint are trained again, logged once.
@@ -97,19 +110,22 @@ def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_e
         range(1, 401))
     assert client.get_run(run_id).info.status == "FINISHED"
 
-    # Exact: the same run never interrupted validates to the same losses after the restart.
-    straight = subprocess.run([RNN_ORCH, "train", CONFIG, *args, "run.name=straight"],
-                              env=cli_env, capture_output=True, text=True, timeout=300)
-    assert straight.returncode == 0, straight.stdout + straight.stderr
-    [reference] = client.search_runs(
-        [client.get_experiment_by_name("tests").experiment_id],
-        filter_string="tags.`rnn_orch.run_name` = 'straight'")
+    # Exact: the uninterrupted run validates to the same losses after the restart.
     restarted, uninterrupted = (
         {m.step: m.value for m in client.get_metric_history(run, "val_loss")}
-        for run in (run_id, reference.info.run_id))
+        for run in (run_id, reference_id))
     assert restarted.keys() == uninterrupted.keys() and 400 in restarted
     for step in restarted:
         assert restarted[step] == pytest.approx(uninterrupted[step], rel=1e-6, abs=1e-9), step
+
+
+def workers_of(run_name: str) -> list[int]:
+    """The pids of a run's Ray Train workers: Ray Train runs each in a working directory
+    under the run's name."""
+    pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
+                          text=True).stdout.split()
+    return [int(pid) for pid in pids
+            if f"/{run_name}/" in os.readlink(f"/proc/{pid}/cwd") + "/"]
 
 
 def test_bad_data_found_by_a_worker_exits_2_naming_the_key(cli_env, workdir):
