@@ -152,7 +152,6 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(cli_env, wo
     sweep = write_sweep(workdir, """
         name: resumable
         base: base.yaml
-        fixed: {train.steps: 200}
         space:
           model.cell: {grid: [lstm, gru]}
         search: {max_concurrent_trials: 1}
@@ -176,7 +175,7 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(cli_env, wo
     assert all(c.info.status == "FINISHED" for c in children)
     done_first = next(c for c in children if c.data.tags["rnn_orch.trial_id"] == finished)
     steps = [m.step for m in client.get_metric_history(done_first.info.run_id, "val_loss")]
-    assert steps == [25, 50, 75, 100, 125, 150, 175, 200]  # trained once, not again
+    assert steps == [25, 50, 75, 100]  # trained once, not again
 
 
 def wait_for_a_finished_trial(sweep_dir: Path, process: subprocess.Popen) -> str:
@@ -184,7 +183,7 @@ def wait_for_a_finished_trial(sweep_dir: Path, process: subprocess.Popen) -> str
     had a moment to record it as finished."""
     deadline = time.monotonic() + 240
     while True:
-        done = sorted(sweep_dir.glob("train/resumable-*/checkpoint_00000200"))
+        done = sorted(sweep_dir.glob("train/resumable-*/checkpoint_00000100"))
         if done:
             time.sleep(8)
             return done[0].parent.name.removeprefix("resumable-")
