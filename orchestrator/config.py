@@ -66,10 +66,6 @@ class TaskConfig:
     path: str = _key("", "parquet task: directory with train/ and val/ Parquet files; "
                          "timeseries: a CSV or Parquet file or a directory of Parquet files "
                          "(local, s3:// or gs://)")
-    cache_mb: float = _key(
-        1024, "parquet task: a split whose files total at most this many MB is read once "
-              "into Ray's object store and every epoch and validation reads it from there; "
-              "a larger one is streamed from its files at each pass (0 = always stream)")
     num_classes: int = _key(
         0, "parquet task: number of classes, when the files do not carry rnn-orch metadata"
     )
@@ -122,9 +118,6 @@ class TaskConfig:
             )
         if self.num_classes < 0:
             raise ConfigError(f"task.num_classes must be >= 0, got {self.num_classes}.")
-        if self.cache_mb < 0:
-            raise ConfigError(f"task.cache_mb must be >= 0 (0 = always stream), got "
-                              f"{self.cache_mb}.")
 
     def _check_timeseries(self) -> None:
         for key in ("path", "time_column", "targets"):

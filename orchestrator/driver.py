@@ -438,9 +438,8 @@ def scaling_config(config: Config) -> ray.train.ScalingConfig:
 def parquet_datasets(config: Config) -> dict[str, ray.data.Dataset]:
     root = Path(config.task.path)
     difficulty = config.curriculum.difficulty
-    cache_mb = config.task.cache_mb
-    return {"train": read_split(root / "train", difficulty, cache_mb),
-            "val": read_split(root / "val", difficulty, cache_mb)}
+    return {"train": read_split(root / "train", difficulty),
+            "val": read_split(root / "val", difficulty)}
 
 
 def failure(exc: ray.train.TrainingFailedError) -> Exception:

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from ray.data.dataset import MaterializedDataset
 
 from pipelines.collate import IGNORE_INDEX
 from pipelines.parquet import read_task_info, write_dataset
@@ -77,17 +76,3 @@ def test_ragged_split_is_padded(tmp_path: Path) -> None:
             assert (batch["targets"][row, length:] == IGNORE_INDEX).all()
             assert batch["scored"][row, :length].all() and not batch["scored"][row, length:].any()
 
-
-def test_a_split_under_cache_mb_is_read_once_into_the_object_store(tmp_path: Path) -> None:
-    write_dataset(CopyMemory(6, n_symbols=4, copy_len=3), tmp_path, rows=24, val_rows=4,
-                  seed=1, rows_per_file=8)
-    streamed = read_split(tmp_path / "train")
-    cached = read_split(tmp_path / "train", cache_mb=1)
-    too_big = read_split(tmp_path / "train", cache_mb=1e-6)  # the files hold more bytes
-    assert isinstance(cached, MaterializedDataset)
-    assert not isinstance(streamed, MaterializedDataset)
-    assert not isinstance(too_big, MaterializedDataset)
-    rows = [sorted(map(bytes, np.concatenate([batch["targets"] for batch in
-                                              dataset.iter_batches(batch_size=8)])))
-            for dataset in (streamed, cached, too_big)]
-    assert rows[0] == rows[1] == rows[2] and len(rows[0]) == 24
