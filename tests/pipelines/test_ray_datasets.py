@@ -75,4 +75,3 @@ def test_ragged_split_is_padded(tmp_path: Path) -> None:
             assert (batch["targets"][row, :length] == row_id % 3).all()
             assert (batch["targets"][row, length:] == IGNORE_INDEX).all()
             assert batch["scored"][row, :length].all() and not batch["scored"][row, length:].any()
-
