@@ -10,8 +10,10 @@ Each way trains two run lengths, and the steady-state throughput is the extra to
 the extra seconds, so start-up (Ray Train's actors, imports, the MLflow run) cancels out.
 The Parquet data holds a few epochs' worth of rows, so the longer run crosses several
 epochs and validations, each a new pass over the files. The target: Parquet keeps
->= 0.9 of the in-memory throughput. The same file, run with PYTHONPATH pointing at an
-older checkout, measures that code. Exits non-zero when it could not measure.
+>= 0.9 of the in-memory throughput. The same file measures an older checkout when that
+is what Python imports: PYTHONPATH at the checkout, with the editable install's import
+finder left out of `sys.meta_path` (it comes before PYTHONPATH). Exits non-zero when it
+could not measure.
 
     .venv/bin/python benchmarks/parquet_pipeline.py                  # ~4 min on 2 cores
     .venv/bin/python benchmarks/parquet_pipeline.py --out benchmarks/results/parquet_pipeline.md
