@@ -18,27 +18,36 @@ pytestmark = pytest.mark.integration
 
 RAY = str(Path(sys.executable).parent / "ray")
 ROOT = Path(__file__).resolve().parents[2]
+# The job client finds the cluster by --address, as a user's laptop does, not RAY_ADDRESS.
+JOB_CLIENT_ENV = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
 
 
-def test_a_submitted_training_job_is_followed_and_tracked(ray_head, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+def submit(ray_head, *command: str) -> tuple[str, str]:
+    """`ray job submit` of `command` with the project as the working directory, followed to
+    the end; the job must succeed. Returns its submission id and the client's output."""
     submitted = subprocess.run(
         [RAY, "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
-         "--", "rnn-orch", "train", "configs/adding.yaml", "run.name=submitted",
-         "task.seq_len=10", "model.hidden_size=16", "train.steps=20", "train.eval_every=10",
-         "train.checkpoint_every=20", "tracking.experiment=jobs", f"tracking.uri={store}",
-         f"run.storage_path={tmp_path / 'runs'}"],
-        env=env, capture_output=True, text=True, timeout=300)
+         "--", *command],
+        env=JOB_CLIENT_ENV, capture_output=True, text=True, timeout=400)
     output = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, output
     submission_id = re.search(r"raysubmit_\w+", output).group()
     assert f"Job '{submission_id}' succeeded" in output
+    return submission_id, output
+
+
+def test_a_submitted_training_job_is_followed_and_tracked(ray_head, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    submission_id, output = submit(
+        ray_head, "rnn-orch", "train", "configs/adding.yaml", "run.name=submitted",
+        "task.seq_len=10", "model.hidden_size=16", "train.steps=20", "train.eval_every=10",
+        "train.checkpoint_every=20", "tracking.experiment=jobs", f"tracking.uri={store}",
+        f"run.storage_path={tmp_path / 'runs'}")
     assert "rnn-orch: run submitted" in output  # the job's own logs, followed
 
     status = subprocess.run([RAY, "job", "status", "--address", ray_head.dashboard,
-                             submission_id], env=env, capture_output=True, text=True,
-                            timeout=60)
+                             submission_id], env=JOB_CLIENT_ENV, capture_output=True,
+                            text=True, timeout=60)
     assert f"Job '{submission_id}' succeeded" in status.stdout, status.stdout + status.stderr
 
     client = MlflowClient(store)
@@ -59,15 +68,7 @@ def test_a_submitted_sweep_runs_its_trials_on_the_cluster(ray_head, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("name: submitted\nbase: base.yaml\nspace:\n  optim.lr: {grid: [0.01]}\n"
                      "metric: val_loss\nmode: min\n")
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    submitted = subprocess.run(
-        [RAY, "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
-         "--", "rnn-orch", "tune", str(sweep)],
-        env=env, capture_output=True, text=True, timeout=400)
-    output = submitted.stdout + submitted.stderr
-    assert submitted.returncode == 0, output
-    submission_id = re.search(r"raysubmit_\w+", output).group()
-    assert f"Job '{submission_id}' succeeded" in output
+    submission_id, _ = submit(ray_head, "rnn-orch", "tune", str(sweep))
 
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])

@@ -121,11 +121,17 @@ def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_e
 
 def workers_of(run_name: str) -> list[int]:
     """The pids of a run's Ray Train workers: Ray Train runs each in a working directory
-    under the run's name."""
+    under the run's name. A process that ends meanwhile is no one's."""
     pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
                           text=True).stdout.split()
-    return [int(pid) for pid in pids
-            if f"/{run_name}/" in os.readlink(f"/proc/{pid}/cwd") + "/"]
+    return [int(pid) for pid in pids if f"/{run_name}/" in f"{working_directory(pid)}/"]
+
+
+def working_directory(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except FileNotFoundError:
+        return ""
 
 
 def test_bad_data_found_by_a_worker_exits_2_naming_the_key(cli_env, workdir):
