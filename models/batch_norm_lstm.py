@@ -153,7 +153,8 @@ class BatchNormLSTM(CustomRecurrent):
             self.add_module(f"norm_hh_l{k}", StepwiseBatchNorm(4 * hidden_size, shift=False))
             self.add_module(f"norm_cell_l{k}", StepwiseBatchNorm(hidden_size, shift=True))
 
-    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool) -> LayerRun:
+    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
+               initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_ih, norm_hh, norm_cell = (getattr(self, f"norm_{part}_l{k}")
                                        for part in ("ih", "hh", "cell"))
@@ -171,7 +172,8 @@ class BatchNormLSTM(CustomRecurrent):
                 norm.cover(inputs.size(1))
         ih = norm_ih(F.linear(inputs, weight_ih), None, how) + (bias_ih + bias_hh)
         run = lstm_steps(ih, weight_hh, lambda x, t: norm_hh(x, t, how),
-                         lambda c, t: norm_cell(c, t, how), keep_gates=unrolling)
+                         lambda c, t: norm_cell(c, t, how), keep_gates=unrolling,
+                         initial=initial)
         if len(run.hidden) == steps:
             return run
         # Padded for the other ranks. The dropped steps' statistics feed the other ranks'

@@ -53,9 +53,9 @@ class CustomRecurrent(nn.Module, abc.ABC):
     """A batch-first multi-layer recurrent stack in torch's parameter layout.
 
     Subclasses set ``gate_count`` (rows of ``weight_hh_l{k}`` per hidden unit) and write
-    ``_layer``, one layer over the whole sequence. ``forward`` returns
-    ``(outputs (B, T, H), state)`` like the fused modules: ``state`` is ``(h_n, c_n)`` for
-    an LSTM and ``h_n`` for a GRU, each (num_layers, B, H). ``dropout`` is applied to the
+    ``_layer``, one layer over the whole sequence. ``forward(inputs, state=None)`` takes
+    and returns the state like the fused modules: ``(h, c)`` for an LSTM and ``h`` for a
+    GRU, each (num_layers, B, H); None starts from zeros. ``dropout`` is applied to the
     outputs of every layer but the last, in training only, as torch does.
     """
 
@@ -77,8 +77,8 @@ class CustomRecurrent(nn.Module, abc.ABC):
                 self.register_parameter(
                     name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
 
-    def forward(self, inputs: torch.Tensor):
-        outputs, _, finals, _ = self._stack(inputs, unrolling=False)
+    def forward(self, inputs: torch.Tensor, state=None):
+        outputs, _, finals, _ = self._stack(inputs, unrolling=False, state=state)
         state = tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
         return outputs, state if len(state) > 1 else state[0]
 
@@ -91,20 +91,22 @@ class CustomRecurrent(nn.Module, abc.ABC):
         outputs, hidden, _, gates = self._stack(inputs, unrolling=True)
         return Unrolled(outputs, hidden, gates)
 
-    def _stack(self, inputs: torch.Tensor, unrolling: bool):
+    def _stack(self, inputs: torch.Tensor, unrolling: bool, state=None):
         layer_inputs, finals = inputs, []
+        initial = _per_layer(state, self.num_layers)
         for k in range(self.num_layers):
             if k:
                 layer_inputs = F.dropout(layer_inputs, self.dropout, self.training)
-            run = self._layer(k, layer_inputs, unrolling)
+            run = self._layer(k, layer_inputs, unrolling, initial[k])
             layer_inputs = torch.stack(run.hidden, dim=1)
             finals.append(run.final)
         return layer_inputs, run.hidden, finals, run.gates
 
     @abc.abstractmethod
-    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool) -> LayerRun:
-        """Layer ``k`` over ``inputs`` (B, T, F_k) from a zero state; keep the gates when
-        ``unrolling``."""
+    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
+               initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
+        """Layer ``k`` over ``inputs`` (B, T, F_k) from its ``initial`` state (None: zeros);
+        keep the gates when ``unrolling``."""
 
     def _weights(self, k: int) -> tuple[torch.Tensor, ...]:
         """Read by name at every call, so ``torch.func.functional_call`` can swap them."""
@@ -112,8 +114,17 @@ class CustomRecurrent(nn.Module, abc.ABC):
                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
 
+def _per_layer(state, num_layers: int) -> list[tuple[torch.Tensor, ...] | None]:
+    """A stack's state ((num_layers, B, H) tensors, one or a tuple) as each layer's own."""
+    if state is None:
+        return [None] * num_layers
+    parts = state if isinstance(state, tuple) else (state,)
+    return [tuple(part[k] for part in parts) for k in range(num_layers)]
+
+
 def lstm_steps(ih: torch.Tensor, weight_hh: torch.Tensor, norm_hh: StepNorm,
-               norm_cell: StepNorm, keep_gates: bool) -> LayerRun:
+               norm_cell: StepNorm, keep_gates: bool,
+               initial: tuple[torch.Tensor, ...] | None = None) -> LayerRun:
     """The LSTM time loop, gates in torch's order (input, forget, cell, output).
 
     ``ih`` (B, T, 4H) is the input side of every step, normalised, with both biases added
@@ -126,7 +137,7 @@ def lstm_steps(ih: torch.Tensor, weight_hh: torch.Tensor, norm_hh: StepNorm,
     With identity norms this is exactly torch's LSTM.
     """
     batch, hidden_size = ih.size(0), weight_hh.size(1)
-    h = c = ih.new_zeros(batch, hidden_size)
+    h, c = initial or (ih.new_zeros(batch, hidden_size),) * 2
     hidden, gate_steps = [], []
     for t, ih_t in enumerate(ih.unbind(1)):
         i, f, g, o = (ih_t + norm_hh(F.linear(h, weight_hh), t)).chunk(4, dim=1)
@@ -140,7 +151,8 @@ def lstm_steps(ih: torch.Tensor, weight_hh: torch.Tensor, norm_hh: StepNorm,
 
 
 def gru_steps(ih: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor,
-              norm_hh: StepNorm, keep_gates: bool) -> LayerRun:
+              norm_hh: StepNorm, keep_gates: bool,
+              initial: tuple[torch.Tensor, ...] | None = None) -> LayerRun:
     """The GRU time loop, gates in torch's order (reset, update, new).
 
     ``ih`` (B, T, 3H) is the input side of every step, normalised, ``bias_ih`` added.
@@ -155,7 +167,7 @@ def gru_steps(ih: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor,
     With an identity norm this is exactly torch's GRU.
     """
     batch, hidden_size = ih.size(0), weight_hh.size(1)
-    h = ih.new_zeros(batch, hidden_size)
+    (h,) = initial or (ih.new_zeros(batch, hidden_size),)
     hidden, gate_steps = [], []
     for t, ih_t in enumerate(ih.unbind(1)):
         x_r, x_z, x_n = ih_t.chunk(3, dim=1)

@@ -64,12 +64,13 @@ class LayerNormLSTM(CustomRecurrent):
             self.add_module(f"norm_hh_l{k}", _norm(normalize, 4, hidden_size))
             self.add_module(f"norm_cell_l{k}", _norm(normalize, 1, hidden_size, shift=True))
 
-    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool) -> LayerRun:
+    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
+               initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_hh, norm_cell = getattr(self, f"norm_hh_l{k}"), getattr(self, f"norm_cell_l{k}")
         ih = getattr(self, f"norm_ih_l{k}")(F.linear(inputs, weight_ih)) + (bias_ih + bias_hh)
         return lstm_steps(ih, weight_hh, lambda x, t: norm_hh(x), lambda c, t: norm_cell(c),
-                          keep_gates=unrolling)
+                          keep_gates=unrolling, initial=initial)
 
 
 class LayerNormGRU(CustomRecurrent):
@@ -85,11 +86,13 @@ class LayerNormGRU(CustomRecurrent):
             self.add_module(f"norm_ih_l{k}", _norm(normalize, 3, hidden_size))
             self.add_module(f"norm_hh_l{k}", _norm(normalize, 3, hidden_size))
 
-    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool) -> LayerRun:
+    def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
+               initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_hh = getattr(self, f"norm_hh_l{k}")
         ih = getattr(self, f"norm_ih_l{k}")(F.linear(inputs, weight_ih)) + bias_ih
-        return gru_steps(ih, weight_hh, bias_hh, lambda x, t: norm_hh(x), keep_gates=unrolling)
+        return gru_steps(ih, weight_hh, bias_hh, lambda x, t: norm_hh(x), keep_gates=unrolling,
+                         initial=initial)
 
 
 def _norm(normalize: bool, blocks: int, width: int, shift: bool = False) -> nn.Module:

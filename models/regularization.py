@@ -52,12 +52,12 @@ class SequenceDropout(nn.Module):
         return f"p={self.p}, variational={self.variational}"
 
 
-def weight_dropped(rnn: nn.Module, inputs: torch.Tensor, p: float):
-    """``rnn(inputs)`` with DropConnect at rate ``p`` on every ``weight_hh_l{k}``.
+def weight_dropped(rnn: nn.Module, inputs: torch.Tensor, p: float, state=None):
+    """``rnn(inputs, state)`` with DropConnect at rate ``p`` on every ``weight_hh_l{k}``.
 
     A fresh mask per call (per batch), scaled by 1 / (1 - p) like dropout, so nothing
     needs rescaling in evaluation, where the model is called without this.
     """
     dropped = {name: F.dropout(weight, p, training=True)
                for name, weight in rnn.named_parameters() if name.startswith("weight_hh_l")}
-    return functional_call(rnn, dropped, (inputs,))
+    return functional_call(rnn, dropped, (inputs, state))

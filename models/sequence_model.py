@@ -20,6 +20,9 @@ class ModelSpec:
     ``cell`` is a name from ``CELL_NAMES``, ``head`` one from ``HEAD_NAMES``. The
     regularization fields (see ``models.regularization``) change training only, never
     the parameters, and default to off, so specs saved before they existed still load.
+    ``vocab_size`` > 0 makes the inputs token ids (B, T) of a vocabulary that large,
+    embedded into ``input_size`` features (a language model); 0 means the inputs are
+    features already (B, T, input_size).
     """
 
     cell: str
@@ -33,6 +36,7 @@ class ModelSpec:
     output_dropout: float = 0.0
     variational: bool = False
     weight_drop: float = 0.0
+    vocab_size: int = 0
 
 
 class SequenceModel(nn.Module):
@@ -40,6 +44,8 @@ class SequenceModel(nn.Module):
 
         inputs (B, T, F) --input_dropout--> --rnn--> outputs (B, T, H)
                          --output_dropout--> --head(outputs, lengths)--> prediction
+
+    With a vocabulary, token ids (B, T) first go through ``self.embedding`` to (B, T, F).
 
     In training ``rnn`` runs with its recurrent weights dropped when ``weight_drop`` > 0;
     ``self.rnn`` itself stays the plain module, with the parameter names a checkpoint
@@ -59,18 +65,32 @@ class SequenceModel(nn.Module):
         self.input_dropout = SequenceDropout(spec.input_dropout, spec.variational)
         self.output_dropout = SequenceDropout(spec.output_dropout, spec.variational)
         self.head = build_head(spec.head, spec.hidden_size, spec.output_size)
+        self.embedding = (nn.Embedding(spec.vocab_size, spec.input_size)
+                          if spec.vocab_size else None)
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``lengths`` (B,) int64 gives each row's true length; None means all T steps."""
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The features the recurrent stack reads: token ids embedded, features as they are."""
+        return self.embedding(inputs) if self.embedding is not None else inputs
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None,
+                state=None, return_state: bool = False):
+        """``lengths`` (B,) int64 gives each row's true length; None means all T steps.
+
+        ``state`` is the recurrent stack's state to start from (None: zeros), in the form
+        torch's module of the cell takes: ``(h, c)`` for an LSTM, ``h`` otherwise, each
+        (num_layers, B, H). With ``return_state`` the call returns ``(prediction, final
+        state)``: a language model carries it from one chunk of text to the next.
+        """
         if lengths is None:
             batch, steps = inputs.shape[:2]
             lengths = torch.full((batch,), steps, dtype=torch.int64, device=inputs.device)
-        inputs = self.input_dropout(inputs)
+        inputs = self.input_dropout(self.embed(inputs))
         if self.training and self.spec.weight_drop > 0:
-            outputs, _ = weight_dropped(self.rnn, inputs, self.spec.weight_drop)
+            outputs, final = weight_dropped(self.rnn, inputs, self.spec.weight_drop, state)
         else:
-            outputs, _ = self.rnn(inputs)
-        return self.head(self.output_dropout(outputs), lengths)
+            outputs, final = self.rnn(inputs, state)
+        prediction = self.head(self.output_dropout(outputs), lengths)
+        return (prediction, final) if return_state else prediction
 
 
 def build_model(spec: ModelSpec) -> SequenceModel:

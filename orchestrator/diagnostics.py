@@ -93,11 +93,14 @@ def parameter_group(name: str) -> str:
     torch's fused modules name them `weight_ih_l0`, `bias_hh_l1`, ...; a custom stack is
     read the same way: the layer is the first `l{k}` or numeric part of the name (0 if
     none), the side the first `ih` or `hh` part, and parameters that are neither (a
-    normalization's, say) form `rnn_l{k}_other`.
+    normalization's, say) form `rnn_l{k}_other`. A language model's embedding is the
+    input side of layer 0.
     """
     parts = re.split(r"[._]", name)
     if parts[0] == "head":
         return "head"
+    if parts[0] == "embedding":
+        return "rnn_l0_ih"
     layer = next((p.lstrip("l") for p in parts if re.fullmatch(r"l?\d+", p)), "0")
     side = next((p for p in parts if p in ("ih", "hh")), "other")
     return f"rnn_l{layer}_{side}"
@@ -126,7 +129,7 @@ def through_time(model: torch.nn.Module, cell: str, objective: objectives.Object
     model.eval()
     try:
         with torch.enable_grad():
-            unrolled = unroll(model.rnn, cell, batch["inputs"])
+            unrolled = unroll(model.rnn, cell, model.embed(batch["inputs"]))
             loss = objective.loss(model.head(unrolled.outputs, batch["lengths"]), batch)
             grads = torch.autograd.grad(loss, unrolled.hidden)
     finally:

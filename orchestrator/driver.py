@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -24,23 +25,36 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import ray
 import ray.train
+import torch
 from ray.train.torch import TorchTrainer
 
 from models import build_model
 from orchestrator import checkpoints, shared_storage, tracking
-from orchestrator.config import Config
+from orchestrator.config import Config, load_config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
+from orchestrator.language_model import TextObjective
 from orchestrator.metric_logger import SPOOL_DIR, Spool, spool_directory
 from orchestrator.progress import ProgressPrinter, board_on_this_node
 from orchestrator.transfer import Freezer, TransferPlan, load_source
 from orchestrator.transfer import plan as transfer_plan
-from orchestrator.worker import model_spec, train_loop_per_worker
+from orchestrator.worker import Place, model_spec, train_loop_per_worker, validate
 from pipelines.errors import DataError
 from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
 from pipelines.tables import filesystem_of, parquet_shards, read_table
+from pipelines.text import (
+    DESCRIPTION_FILE,
+    EVAL_STREAMS,
+    TextLayout,
+    chunks_per_epoch,
+    encode_corpus,
+    in_chunks,
+    read_description,
+)
+from pipelines.text import read_share as read_text_share
+from pipelines.text import write_prepared as write_prepared_text
 from pipelines.timeseries import ForecastLayout, SeriesOptions, merge_layouts, prepare
 from pipelines.windows import (
     Windows,
@@ -98,10 +112,15 @@ def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if path and "://" not in path else path
 
 
-def task_info(config: Config, layout: ForecastLayout | None = None) -> TaskInfo:
-    """The task's shape (input/output sizes, kind, baseline), checking user data up front."""
+def task_info(config: Config, layout: ForecastLayout | None = None,
+              text: TextLayout | None = None) -> TaskInfo:
+    """The task's shape (input/output sizes, kind, baseline), checking user data up front.
+    A language model's baseline is the unigram model's validation loss."""
     if layout:
         return TaskInfo("regression", len(layout.features), layout.output_size)
+    if text:
+        return TaskInfo("per_step", text.vocab.size, text.vocab.size,
+                        text.references["val_bpc_unigram"] * math.log(2))
     if config.task.name == "parquet":
         root = Path(config.task.path)
         info = read_task_info(root / "train", config.task.num_classes or None)
@@ -134,7 +153,9 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     tracking.set_verbosity(verbose)
     tracking.fail_fast_http()
     forecast = prepare_forecast(config) if config.task.name == "timeseries" else None
-    info = task_info(config, forecast and ForecastLayout.from_json(forecast["layout"]))
+    text = prepare_text(config) if config.task.name == "text" else None
+    info = task_info(config, forecast and ForecastLayout.from_json(forecast["layout"]),
+                     text and TextLayout.from_json(text["layout"]))
     quantiles = data_difficulty(config)
     transfer = plan_transfer(config, info)
     start_ray(verbose)
@@ -149,9 +170,12 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
     if transfer and not resumed:
         print(transfer.report(), file=stream, flush=True)
         tracking.log_text(uri, run_id, transfer.report(), TRANSFER_REPORT)
+    if text and not resumed:
+        tracking.record(uri, run_id, metrics=TextLayout.from_json(text["layout"]).references)
     board = board_on_this_node()
     loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast,
-                                   init_weights=transfer.weights if transfer else None)
+                                   init_weights=transfer.weights if transfer else None,
+                                   text=text)
     try:
         with ProgressPrinter(board, config.train.steps, stream):
             result = make_trainer(config, loop_config, verbose).fit()
@@ -163,7 +187,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         close_run(uri, run_id, "KILLED", stream)
         raise KeyboardInterrupt from None
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
-    ending = {"tracking_uri": uri, "run_id": run_id, "forecast": forecast,
+    ending = {"tracking_uri": uri, "run_id": run_id, "forecast": forecast, "text": text,
               "final": checkpoint_uri(config, result.checkpoint),
               "best": checkpoint_uri(config, best)}
     try:
@@ -206,13 +230,13 @@ def plan_transfer(config: Config, info: TaskInfo) -> TransferPlan | None:
 def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_id: str,
                      board=None, init_checkpoint: ray.train.Checkpoint | None = None,
                      forecast: dict | None = None,
-                     init_weights: dict | None = None) -> dict:
+                     init_weights: dict | None = None, text: dict | None = None) -> dict:
     """What every worker's loop receives, as plain values (see `train_loop_per_worker`)."""
     return {"config": config.to_dict(), "task": dataclasses.asdict(info),
             "difficulty_quantiles": quantiles, "run_id": run_id,
             "tracking_uri": config.tracking.uri, "board": board,
             "spool_dir": spool_directory(config.run.storage_path, config.run.name),
-            "init_checkpoint": init_checkpoint, "forecast": forecast,
+            "init_checkpoint": init_checkpoint, "forecast": forecast, "text": text,
             "init_weights": init_weights}
 
 
@@ -263,6 +287,23 @@ def prepare_forecast(config: Config) -> dict:
             discard_prepared(directory)
             raise
         write_layout(directory, layout)
+    return {"directory": directory, "layout": layout.to_json()}
+
+
+def prepare_text(config: Config) -> dict:
+    """A language model's text, read, split, encoded and stored once into the run's
+    directory (`directory`) with its layout (`layout`, JSON: vocabulary, files, references).
+    A resume finds it there and reuses it, vocabulary included. Text too short for the
+    workers' streams is refused before anything is written."""
+    directory = f"{config.run.storage_path}/{config.run.name}/{PREPARED_DIR}"
+    layout = read_description(directory)
+    if layout is None:
+        discard_prepared(directory)  # an earlier attempt's files, if it stopped half-way
+        t = config.task
+        layout, tokens = encode_corpus(t.path, t.vocab, t.val_fraction, t.test_fraction)
+        chunks_per_epoch(layout.tokens["train"] // config.scaling.num_workers,
+                         config.train.batch_size, t.bptt)
+        write_prepared_text(directory, layout, tokens)
     return {"directory": directory, "layout": layout.to_json()}
 
 
@@ -324,7 +365,7 @@ def end_run(ending: dict) -> tuple[dict[str, float], str]:
     when the tracking server was away at the end of training."""
     tested, model_uri = log_final_model(
         ray.train.Checkpoint(ending["final"]), ray.train.Checkpoint(ending["best"]),
-        ending["tracking_uri"], ending["run_id"], ending["forecast"])
+        ending["tracking_uri"], ending["run_id"], ending["forecast"], ending["text"])
     tracking.finish_run(ending["tracking_uri"], ending["run_id"], "FINISHED")
     return tested, model_uri
 
@@ -351,7 +392,8 @@ def sync(run_dir: str, uri: str = "") -> tuple[int, str]:
     ending = spool.ending()
     if ending is None:
         return sent, ""
-    _, model_uri = end_run({**ending, "tracking_uri": uri or ending["tracking_uri"]})
+    _, model_uri = end_run({"text": None, **ending,
+                            "tracking_uri": uri or ending["tracking_uri"]})
     spool.drop_ending()
     return sent, model_uri
 
@@ -370,14 +412,22 @@ def _spool_of(run_dir: str) -> Spool:
 
 
 def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri: str,
-                    run_id: str, forecast: dict | None = None) -> tuple[dict[str, float], str]:
+                    run_id: str, forecast: dict | None = None,
+                    text: dict | None = None) -> tuple[dict[str, float], str]:
     """Log the model of the last checkpoint and the files of the best one; returns the
-    test figures of a forecaster and the logged model's URI.
+    test figures of a forecaster or a language model and the logged model's URI.
 
     A forecaster is chosen by validation: the best checkpoint's model is the one scored
     on the test split (`test_*`, next to the naive forecasters), drawn, and logged as a
-    servable pyfunc model."""
+    servable pyfunc model. A language model is scored on the test text the same way
+    (`test_bpc`, next to `bpc_unigram` and `bpc_xz`) and logged with its vocabulary."""
     with final.as_directory() as final_dir, best.as_directory() as best_dir:
+        if text is not None:
+            tested = test_language_model(best_dir, text)
+            tracking.record(uri, run_id, metrics=tested)
+            model_uri = tracking.log_model(uri, run_id, checkpoints.load_model(best_dir),
+                                           best_dir, files=[f"{best_dir}/{DESCRIPTION_FILE}"])
+            return {**tested, **TextLayout.from_json(text["layout"]).references}, model_uri
         if forecast is None:
             model_uri = tracking.log_model(uri, run_id, checkpoints.load_model(final_dir),
                                            best_dir)
@@ -392,6 +442,17 @@ def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri
             plot_test_forecasts(forecaster, test[0], plots)
             model_uri = tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
     return tested, model_uri
+
+
+def test_language_model(checkpoint_dir: str, text: dict) -> dict[str, float]:
+    """The test figures of the checkpoint's model: the whole test text, read in order with
+    its state carried, on this process's CPU, in chunks of the run's task.bptt."""
+    model = checkpoints.load_model(checkpoint_dir)
+    bptt = load_config(Path(checkpoint_dir) / checkpoints.CONFIG_FILE).task.bptt
+    batches = in_chunks(read_text_share(text["directory"], "test", 0, 1), EVAL_STREAMS, bptt)
+    tested = validate(model, batches, TextObjective(), Place(0, 1, torch.device("cpu")),
+                      carries_state=True, prefix="test")
+    return {**tested, "test_checkpoint_step": float(checkpoints.load(checkpoint_dir)["step"])}
 
 
 def start_ray(verbose: bool) -> None:

@@ -143,10 +143,11 @@ def _base_config(path: Path, data: dict, where: str) -> Config:
         base = with_values(load_config(base_path), fixed)
     except ConfigError as exc:
         raise SweepError(f"{where}: base or fixed: {exc}") from None
-    if base.task.name == "timeseries":
-        raise SweepError(f"{where}: base: task.name=timeseries cannot be swept yet (each "
-                         "trial would prepare the table again, and trials log PyTorch "
-                         "models, not forecasters); train it with `rnn-orch train`.")
+    if base.task.name in ("timeseries", "text"):
+        raise SweepError(f"{where}: base: task.name={base.task.name} cannot be swept yet "
+                         "(each trial would prepare the data again, and a trial logs neither "
+                         "the test figures nor the files a forecaster or a language model "
+                         "needs); train it with `rnn-orch train`.")
     return base
 
 

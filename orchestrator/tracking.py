@@ -118,9 +118,11 @@ def finish_run(uri: str, run_id: str, status: str) -> None:
     MlflowClient(uri).set_terminated(run_id, status=status)
 
 
-def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> str:
+def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None,
+              files: list[str] = ()) -> str:
     """Log the final model with MLflow's PyTorch flavour, and the best checkpoint's files.
-    Returns the model's URI, also kept as the run's `rnn_orch.model_uri` tag.
+    Returns the model's URI, also kept as the run's `rnn_orch.model_uri` tag. `files` go
+    with the model as extra files (a language model's vocabulary, `text.json`).
 
     The `models` package travels with the model (`code_paths`), so
     `mlflow.pytorch.load_model` works where rnn-orch is not installed. That loader
@@ -145,7 +147,7 @@ def log_model(uri: str, run_id: str, model, checkpoint_dir: str | None) -> str:
             code_paths=[str(Path(models.__file__).parent)],
             serialization_format="pickle",
             pip_requirements=["torch", "numpy"],
-            extra_files=[str(weights)],
+            extra_files=[str(weights), *files],
         )
         if checkpoint_dir:
             mlflow.log_artifacts(checkpoint_dir, "best_checkpoint")
@@ -166,18 +168,38 @@ def model_weights(model_uri: str, uri: str = "") -> dict:
     """
     import tempfile
 
+    with tempfile.TemporaryDirectory() as directory:
+        return _weights_in(_download_model(model_uri, uri, directory), model_uri)
+
+
+def language_model(model_uri: str, uri: str = "") -> tuple[dict, str]:
+    """The weights (as `model_weights`) and the text layout (`text.json`: vocabulary,
+    corpus files) of a language model that `rnn-orch train` logged."""
+    import tempfile
+
+    from pipelines.errors import DataError
+    from pipelines.text import DESCRIPTION_FILE
+
+    with tempfile.TemporaryDirectory() as directory:
+        local = _download_model(model_uri, uri, directory)
+        layout = local / "extra_files" / DESCRIPTION_FILE
+        if not layout.is_file():
+            raise DataError(f"{model_uri} is not a language model (it has no extra_files/"
+                            f"{DESCRIPTION_FILE}); expected the model of a task.name=text run.")
+        return _weights_in(local, model_uri), layout.read_text()
+
+
+def _weights_in(local: Path, model_uri: str) -> dict:
+    """The weights-only file of a model downloaded to `local`."""
     from orchestrator import checkpoints, forecaster
     from orchestrator.serving import ARTIFACT
     from pipelines.errors import DataError
 
     candidates = (Path("extra_files") / WEIGHTS_FILE,
                   Path("artifacts") / ARTIFACT / forecaster.WEIGHTS_FILE)
-    with tempfile.TemporaryDirectory() as directory:
-        local = _download_model(model_uri, uri, directory)
-        for relative in candidates:
-            if (local / relative).is_file():
-                return checkpoints.load_weights_only(local / relative,
-                                                     f"{model_uri} ({relative})")
+    for relative in candidates:
+        if (local / relative).is_file():
+            return checkpoints.load_weights_only(local / relative, f"{model_uri} ({relative})")
     raise DataError(
         f"{model_uri} holds no weights-only file ({' or '.join(map(str, candidates))}): "
         "it was logged by an older rnn-orch or by something else. rnn-orch does not read "

@@ -35,6 +35,7 @@ from orchestrator.curriculum import Curriculum, Plan
 from orchestrator.diagnostics import Diagnostics
 from orchestrator.forecasting import ForecastObjective
 from orchestrator.guard import DivergenceGuard, Verdict
+from orchestrator.language_model import CarriedState, TextObjective, sample
 from orchestrator.metric_logger import MetricLogger
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
@@ -44,10 +45,14 @@ from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate
 from pipelines.sources import ShardBatches, SyntheticBatches
 from pipelines.synthetic import make_task, rng_for
+from pipelines.text import DESCRIPTION_FILE, TextBatches, TextLayout, Vocabulary
 from pipelines.timeseries import ForecastLayout
 from pipelines.windows import LAYOUT_FILE, WindowBatches
 
 CLIP_RATE_WINDOW = 100  # clip_rate = fraction of the last 100 steps that were clipped
+SAMPLES = 3  # a language model's text samples at each checkpoint
+SAMPLE_LENGTH = 300
+PRIME_LENGTH = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +67,14 @@ class Place:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` holds plain values: the resolved config, the
     task's shape, the difficulty percentiles of Parquet data (for a curriculum), the
-    prepared forecasting data (or None), the MLflow run to write to, and the progress
-    board (or None)."""
+    prepared forecasting data or text (or None), the MLflow run to write to, and the
+    progress board (or None)."""
     config = Config.from_dict(loop_config["config"])
     info = TaskInfo(**loop_config["task"])
-    forecast = loop_config.get("forecast")
+    forecast, text = loop_config.get("forecast"), loop_config.get("text")
     layout = ForecastLayout.from_json(forecast["layout"]) if forecast else None
-    objective = ForecastObjective(layout) if layout else objectives.of(info.kind)
+    objective = (ForecastObjective(layout) if layout else TextObjective() if text
+                 else objectives.of(info.kind))
     context = ray.train.get_context()  # [ray]
     place = Place(context.get_world_rank(), context.get_world_size(),
                   ray.train.torch.get_device())  # [ray]
@@ -85,7 +91,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
     precision = make_precision(config, state, place)
-    batches = make_batches(config, info, place, forecast, layout)
+    batches = make_batches(config, info, place, forecast, layout, text)
+    carried = make_carried_state(text, state, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
     diagnostics = make_diagnostics(config, objective, state, place)
 
@@ -100,7 +107,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if guard and level != previous:
             guard.forget_losses()
         batch = batches.train_batch(step, curriculum)
-        figures = forward_backward(model, optimizer, batch, precision, objective, place)
+        figures = forward_backward(model, optimizer, batch, precision, objective, place,
+                                   carried)
         if freezer.active:
             freezer.drop_gradients(unwrap(model), step)
         if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
@@ -120,7 +128,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if recorder:
             recorder.step(step, figures)
         if step % config.train.eval_every == 0 or step == config.train.steps:
-            validation = validate(model, batches.validation_batches(), objective, place)
+            validation = validate(model, batches.validation_batches(), objective, place,
+                                  carries_state=carried is not None)
             validation |= advance_curriculum(curriculum, model, batches, objective, place)
             if recorder:
                 recorder.validation(step, validation)
@@ -131,9 +140,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
                          "guard": guard.state_dict() if guard else {},
                          "precision": precision.state_dict(),
-                         "diagnostics": diagnostics.state_dict() if diagnostics else {}}
+                         "diagnostics": diagnostics.state_dict() if diagnostics else {},
+                         "carried": gather_carried(carried, place)}
+                if recorder and text:
+                    recorder.samples(step, unwrap(model), batches.vocab,
+                                     batches.prime(PRIME_LENGTH), config.seed)
             report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
-                   place, {LAYOUT_FILE: forecast["layout"]} if forecast else {})
+                   place, checkpoint_files(forecast, text))
             if recorder:
                 recorder.reported()
     if recorder:
@@ -141,12 +154,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def model_spec(config: Config, info: TaskInfo) -> ModelSpec:
+    """The model for the task; a language model embeds its vocabulary (the task's input
+    size) into model.embedding_size features."""
     m = config.model
+    text = config.task.name == "text"
     return ModelSpec(
-        cell=m.cell, input_size=info.input_size, hidden_size=m.hidden_size,
-        num_layers=m.num_layers, dropout=m.dropout, head=info.kind,
-        output_size=info.output_size, input_dropout=m.input_dropout,
+        cell=m.cell, input_size=m.embedding_size if text else info.input_size,
+        hidden_size=m.hidden_size, num_layers=m.num_layers, dropout=m.dropout,
+        head=info.kind, output_size=info.output_size, input_dropout=m.input_dropout,
         output_dropout=m.output_dropout, variational=m.variational, weight_drop=m.weight_drop,
+        vocab_size=info.input_size if text else 0,
     )
 
 
@@ -311,7 +328,10 @@ def make_diagnostics(config: Config, objective: objectives.Objective, state: dic
 
 
 def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | None,
-                 layout: ForecastLayout | None):
+                 layout: ForecastLayout | None, text: dict | None):
+    if text:
+        return TextBatches(text["directory"], TextLayout.from_json(text["layout"]),
+                           config.train.batch_size, config.task.bptt, place.rank, place.world)
     if layout:
         return WindowBatches(forecast["directory"], layout, config.train.batch_size,
                              config.seed, place.rank, place.world)
@@ -329,16 +349,46 @@ def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | 
                             config.train.batch_size, config.task.val_size)
 
 
+def make_carried_state(text: dict | None, state: dict | None,
+                       place: Place) -> CarriedState | None:
+    """A language model's state carried between chunks, as its checkpoint left it on
+    this rank (None for other tasks)."""
+    if not text:
+        return None
+    carried = CarriedState()
+    saved = state["parts"].get("carried", []) if state else []
+    if len(saved) == place.world:
+        carried.load(saved[place.rank], place.device)
+    return carried
+
+
+def checkpoint_files(forecast: dict | None, text: dict | None) -> dict[str, str]:
+    """What a checkpoint keeps beside the weights to read data as the model was trained
+    on it: a forecaster's layout, a language model's vocabulary."""
+    if forecast:
+        return {LAYOUT_FILE: forecast["layout"]}
+    return {DESCRIPTION_FILE: text["layout"]} if text else {}
+
+
+def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+            carried: CarriedState | None) -> torch.Tensor:
+    """The model on one batch; a language model from (and to) its carried state."""
+    if carried is None:
+        return model(batch["inputs"], batch["lengths"])
+    return carried.run(model, batch)
+
+
 def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      batch: dict[str, torch.Tensor], precision: Precision,
-                     objective: objectives.Objective, place: Place) -> dict[str, float]:
+                     objective: objectives.Objective, place: Place,
+                     carried: CarriedState | None = None) -> dict[str, float]:
     """Forward in the run's precision, the loss in float32, backward: leaves the true
     (unscaled, all-reduced) gradients in `.grad`."""
     tokens = int(batch["lengths"].sum()) * place.world
     batch = to_device(batch, place.device)
     model.train()
     with precision.autocast():
-        outputs = model(batch["inputs"], batch["lengths"])
+        outputs = predict(model, batch, carried)
     loss = objective.loss(outputs.float(), batch)
     optimizer.zero_grad(set_to_none=True)
     precision.backward(loss, optimizer)  # DDP all-reduces the gradients here
@@ -390,21 +440,25 @@ def advance_curriculum(curriculum: Curriculum, model: torch.nn.Module, batches,
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
-             objective: objectives.Objective, place: Place) -> dict[str, float]:
+             objective: objectives.Objective, place: Place,
+             carries_state: bool = False, prefix: str = "val") -> dict[str, float]:
     """Validation over a whole set: each rank sums over its slice, then one all-reduce.
+    A language model reads its slice in order, carrying its state from chunk to chunk.
+    The figures are named `<prefix>_loss`, ...
 
     The unwrapped module is used: ranks may hold slices of different sizes, and a DDP
     forward could wait for collectives the other ranks never start.
     """
     module = unwrap(model)
     module.eval()
+    carried = CarriedState() if carries_state else None
     sums = torch.zeros(objective.sums_width, dtype=torch.float64, device=place.device)
     for batch in batches:
         batch = to_device(batch, place.device)
-        sums += objective.validation_sums(module(batch["inputs"], batch["lengths"]), batch)
+        sums += objective.validation_sums(predict(module, batch, carried), batch)
     if distributed():
         dist.all_reduce(sums)
-    return objective.summarize(sums)
+    return objective.summarize(sums, prefix)
 
 
 def report(step: int, figures: dict[str, float], model: torch.nn.Module,
@@ -480,6 +534,21 @@ class Recorder:
             diagnostics.save(Path(directory))
             self._logger.log_artifacts(directory, "diagnostics")
 
+    def samples(self, step: int, model: torch.nn.Module, vocab: Vocabulary, prime: str,
+                seed: int) -> None:
+        """A few samples of the model's text after `prime`, as `samples/step_<step>.txt`.
+        Drawn with their own generator, seeded by the step, so training's random streams
+        are untouched."""
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        drawn = [sample(model, vocab, prime, SAMPLE_LENGTH, 1.0, generator)
+                 for _ in range(SAMPLES)]
+        with tempfile.TemporaryDirectory() as directory:
+            (Path(directory) / f"step_{step:08d}.txt").write_text("".join(
+                f"--- sample {number}, temperature 1, primed with the start of the "
+                f"validation text ---\n{prime}{drawing}\n\n"
+                for number, drawing in enumerate(drawn, 1)))
+            self._logger.log_artifacts(directory, "samples")
+
     def resumed(self, step: int) -> None:
         """A resume or a restart after a failure shows in MLflow as the step it restarted at.
 
@@ -514,15 +583,26 @@ class Recorder:
         self._logger.flush()
 
 
+def gather_carried(carried: CarriedState | None, place: Place) -> list:
+    """Every rank's carried state, for rank 0's checkpoint (empty for other tasks)."""
+    if carried is None:
+        return []
+    return gather_from_ranks(carried.to_cpu(), place)
+
+
+def gather_from_ranks(value: Any, place: Place) -> list:
+    if not distributed():
+        return [value]
+    values: list[Any] = [None] * place.world
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gather_rng_states(place: Place) -> list[dict[str, torch.Tensor]]:
     state = {"torch": torch.get_rng_state()}
     if place.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(place.device)
-    if not distributed():
-        return [state]
-    states: list[Any] = [None] * place.world
-    dist.all_gather_object(states, state)
-    return states
+    return gather_from_ranks(state, place)
 
 
 def spread_over_ranks(value: torch.Tensor) -> float:

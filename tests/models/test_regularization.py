@@ -93,3 +93,17 @@ def test_spec_builds_the_dropouts_it_names():
     torch.manual_seed(0)
     dropped = model.train().input_dropout(ones())
     torch.testing.assert_close(dropped, dropped[:, :1].expand_as(dropped), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "ln_gru"])
+def test_weight_drop_starts_from_the_state_it_is_given(cell):
+    """A language model carries its state into the next chunk with weight drop on too:
+    under the same mask (same seed), starting from a state differs from starting at zero."""
+    rnn = build_recurrent(cell, 3, 4, 1, 0.0)
+    inputs = torch.randn(2, 5, 3)
+    _, state = rnn(torch.randn(2, 5, 3))
+    torch.manual_seed(7)
+    from_state, _ = weight_dropped(rnn, inputs, 0.5, state)
+    torch.manual_seed(7)
+    from_zeros, _ = weight_dropped(rnn, inputs, 0.5)
+    assert not torch.allclose(from_state, from_zeros)

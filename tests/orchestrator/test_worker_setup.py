@@ -21,8 +21,17 @@ def test_every_model_key_reaches_the_model_spec():
     ])
     spec = model_spec(config, TaskInfo("regression", 2, 1))
     for key in dataclasses.fields(config.model):
-        assert getattr(spec, key.name) == getattr(config.model, key.name), key.name
+        if key.name != "embedding_size":  # a language model's (below)
+            assert getattr(spec, key.name) == getattr(config.model, key.name), key.name
     assert (spec.input_size, spec.output_size, spec.head) == (2, 1, "regression")
+    assert spec.vocab_size == 0
+
+
+def test_a_language_model_embeds_its_vocabulary():
+    config = apply_overrides(Config(), ["task.name=text", "task.path=corpus",
+                                        "model.embedding_size=24"])
+    spec = model_spec(config, TaskInfo("per_step", 256, 256))
+    assert (spec.vocab_size, spec.input_size, spec.output_size) == (256, 24, 256)
 
 
 def test_a_copied_checkpoint_takes_the_configs_hyperparameters():
