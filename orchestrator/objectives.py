@@ -9,7 +9,7 @@ set once all-reduced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -51,7 +51,48 @@ class KindObjective:
                 for name, value in summarize(self.kind, sums).items()}
 
 
-def of(kind: str) -> KindObjective:
+@dataclass(frozen=True)
+class ClassificationObjective(KindObjective):
+    """Sequence classification: besides loss and accuracy, the confusion counts
+    (true class x predicted class, all-reduced like every sum), from which `val_macro_f1`
+    (the mean over classes of F1, so a rare class counts as much as a common one) and the
+    confusion-matrix plot come."""
+
+    kind: str = "sequence"
+    num_classes: int = 2
+    sums_width: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sums_width", 4 + self.num_classes ** 2)
+
+    def validation_sums(self, outputs: torch.Tensor,
+                        batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        k = self.num_classes
+        cells = batch["targets"] * k + outputs.argmax(-1)
+        confusion = torch.bincount(cells, minlength=k * k).double()
+        return torch.cat([super().validation_sums(outputs, batch), confusion])
+
+    def summarize(self, sums: torch.Tensor, prefix: str = "val") -> dict[str, float]:
+        figures = super().summarize(sums[:4], prefix)
+        return {**figures, f"{prefix}_macro_f1": macro_f1(self.confusion(sums))}
+
+    def confusion(self, sums: torch.Tensor) -> torch.Tensor:
+        """(true, predicted) counts from summed validation sums."""
+        return sums[4:].reshape(self.num_classes, self.num_classes)
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """The mean F1 over classes; a class never true nor predicted scores 0."""
+    hits = confusion.diagonal()
+    denominator = confusion.sum(0) + confusion.sum(1)
+    f1 = torch.where(denominator > 0, 2 * hits / denominator.clamp_min(1), 0.0)
+    return float(f1.mean())
+
+
+def of(kind: str, output_size: int = 0) -> KindObjective:
+    """The objective of a task kind; classes need their count (`output_size`)."""
+    if kind == "sequence":
+        return ClassificationObjective(num_classes=output_size)
     return KindObjective(kind)
 
 

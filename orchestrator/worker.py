@@ -74,7 +74,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     forecast, text = loop_config.get("forecast"), loop_config.get("text")
     layout = ForecastLayout.from_json(forecast["layout"]) if forecast else None
     objective = (ForecastObjective(layout) if layout else TextObjective() if text
-                 else objectives.of(info.kind))
+                 else objectives.of(info.kind, info.output_size))
     context = ray.train.get_context()  # [ray]
     place = Place(context.get_world_rank(), context.get_world_size(),
                   ray.train.torch.get_device())  # [ray]

@@ -34,7 +34,7 @@ def read_table(path: str, *, time_column: str, value_columns: list[str],
     if len(set(columns)) != len(columns):
         raise DataError(f"{path}: a column is named twice among the time column, series id "
                         f"and value columns ({', '.join(columns)}); expected distinct columns.")
-    return coerce_columns(_read_columns(path, columns), path, time_column=time_column,
+    return coerce_columns(read_columns(path, columns), path, time_column=time_column,
                           value_columns=value_columns, id_column=id_column)
 
 
@@ -108,12 +108,14 @@ def _is_number(text: str | None) -> bool:
     return True
 
 
-def _read_columns(path: str, columns: list[str]) -> pa.Table:
+def read_columns(path: str, columns: list[str]) -> pa.Table:
+    """`columns` of a CSV or Parquet file or a directory of Parquet files (local or a
+    URI); a missing file or column is a DataError naming it."""
     filesystem, where = filesystem_of(path)
     info = filesystem.get_file_info(where)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{path} does not exist; expected a CSV or Parquet file, or a "
-                        "directory of Parquet files (task.path).")
+                        "directory of Parquet files.")
     if info.type == pafs.FileType.Directory:
         dataset = pds.dataset(where, format="parquet", filesystem=filesystem)
         if not dataset.files:
