@@ -237,7 +237,8 @@ def summary(outcome, config_path: str, config) -> str:
                     if outcome.baseline is not None else "")
         lines.append(f"  val_loss {final['val_loss']:.4f} at step {int(final['step'])}{baseline}")
     if "val_accuracy" in final:
-        lines.append(f"  val_accuracy {final['val_accuracy']:.3f}")
+        f1 = f", val_macro_f1 {final['val_macro_f1']:.3f}" if "val_macro_f1" in final else ""
+        lines.append(f"  val_accuracy {final['val_accuracy']:.3f}{f1}")
     if "test_mae" in final:
         lines += forecast_summary(final)
     if "test_bpc" in final:

@@ -139,12 +139,16 @@ def difficulty_quantiles(split_dir: str | Path, column: str) -> list[int]:
     (config key curriculum.difficulty), or each row's number of steps for "length".
 
     A curriculum on data needs them to turn a level or a competence into the rows it
-    admits. "length" reads the whole `inputs` column once; a numeric column is cheaper.
+    admits. "length" streams the `inputs` column once, a batch of rows at a time, and
+    keeps only each row's length, so a split larger than memory is measured; a numeric
+    column is cheaper still.
     """
     files = split_files(split_dir)
     if column == "length":
-        table = pq.ParquetDataset(files).read(columns=["inputs"])
-        values = pc.list_value_length(table["inputs"])
+        values = pa.chunked_array(
+            [pc.list_value_length(batch.column("inputs")) for path in files
+             for batch in pq.ParquetFile(path).iter_batches(columns=["inputs"])],
+            pa.int32())
     else:
         kind = _column_type(files[0], pq.read_schema(files[0]), column,
                             "an integer per row (curriculum.difficulty)")
