@@ -170,6 +170,23 @@ def filesystem_of(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(path).resolve())
 
 
+def write_text(directory: str, name: str, text: str) -> None:
+    """`text` as the file `name` in `directory` (local or a URI)."""
+    filesystem, root = filesystem_of(directory)
+    with filesystem.open_output_stream(f"{root}/{name}") as stream:
+        stream.write(text.encode())
+
+
+def read_text(directory: str, name: str) -> str | None:
+    """The file `name` in `directory` (local or a URI) as text; None when there is none."""
+    filesystem, root = filesystem_of(directory)
+    where = f"{root}/{name}"
+    if filesystem.get_file_info(where).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(where) as stream:
+        return stream.read().decode()
+
+
 def write_table(table: pa.Table, path: str | Path) -> None:
     """Write `table` as CSV or Parquet, by the file name's suffix. Times in whole seconds
     are written as such (CSV would otherwise spell out nine zeros of nanoseconds)."""

@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 import torch
 
 from pipelines.errors import DataError
-from pipelines.tables import filesystem_of
+from pipelines.tables import filesystem_of, read_text, write_text
 
 VOCABULARIES = ("bytes", "chars")
 DESCRIPTION_FILE = "text.json"
@@ -234,19 +234,13 @@ def _char_start(text: bytes, offset: int) -> int:
 
 def write_description(directory: str, layout: TextLayout) -> None:
     """Written last: its presence says the prepared text is complete."""
-    filesystem, root = filesystem_of(directory)
-    with filesystem.open_output_stream(f"{root}/{DESCRIPTION_FILE}") as stream:
-        stream.write(layout.to_json().encode())
+    write_text(directory, DESCRIPTION_FILE, layout.to_json())
 
 
 def read_description(directory: str) -> TextLayout | None:
     """The prepared text's layout, or None when it was not prepared (completely) yet."""
-    filesystem, root = filesystem_of(directory)
-    where = f"{root}/{DESCRIPTION_FILE}"
-    if filesystem.get_file_info(where).type != pafs.FileType.File:
-        return None
-    with filesystem.open_input_stream(where) as stream:
-        return TextLayout.from_json(stream.read().decode())
+    text = read_text(directory, DESCRIPTION_FILE)
+    return TextLayout.from_json(text) if text is not None else None
 
 
 def read_share(directory: str, split: str, rank: int, world: int) -> np.ndarray:

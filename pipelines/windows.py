@@ -33,7 +33,7 @@ import torch
 
 from pipelines.errors import DataError
 from pipelines.synthetic import rng_for
-from pipelines.tables import filesystem_of
+from pipelines.tables import filesystem_of, read_text, write_text
 from pipelines.timeseries import (
     SPLITS,
     ForecastLayout,
@@ -64,9 +64,7 @@ def write_prepared(directory: str, layout: ForecastLayout,
 
 def write_layout(directory: str, layout: ForecastLayout) -> None:
     """Write the layout: its presence means the prepared data is complete."""
-    filesystem, root = filesystem_of(directory)
-    with filesystem.open_output_stream(f"{root}/{LAYOUT_FILE}") as stream:
-        stream.write(layout.to_json().encode())
+    write_text(directory, LAYOUT_FILE, layout.to_json())
 
 
 def discard_prepared(directory: str) -> None:
@@ -78,12 +76,8 @@ def discard_prepared(directory: str) -> None:
 
 def read_layout(directory: str) -> ForecastLayout | None:
     """The layout of data prepared under `directory`, or None if there is none (yet)."""
-    filesystem, root = filesystem_of(directory)
-    where = f"{root}/{LAYOUT_FILE}"
-    if filesystem.get_file_info(where).type != pafs.FileType.File:
-        return None
-    with filesystem.open_input_stream(where) as stream:
-        return ForecastLayout.from_json(stream.read().decode())
+    text = read_text(directory, LAYOUT_FILE)
+    return ForecastLayout.from_json(text) if text is not None else None
 
 
 def read_share(directory: str, split: str, rank: int, world: int,
