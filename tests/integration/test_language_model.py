@@ -78,7 +78,7 @@ def test_language_model_learns_generates_and_resumes_exactly(cli_env, workdir):
     assert metrics["val_bpc"] < metrics["val_bpc_unigram"] - 0.5, metrics
     assert metrics["test_bpc"] < metrics["bpc_unigram"] - 0.5, metrics
     assert 0 < metrics["bpc_xz"] < metrics["bpc_unigram"]
-    assert "bits per character" in output and "unigram" in output and "WARNING" not in output
+    assert "bits per character" in output and "does not beat the unigram" not in output
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert samples == {f"samples/step_{step:08d}.txt" for step in (20, 40, 60)}
 
