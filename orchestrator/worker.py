@@ -383,8 +383,10 @@ def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      objective: objectives.Objective, place: Place,
                      carried: CarriedState | None = None) -> dict[str, float]:
     """Forward in the run's precision, the loss in float32, backward: leaves the true
-    (unscaled, all-reduced) gradients in `.grad`."""
-    tokens = int(batch["lengths"].sum()) * place.world
+    (unscaled, all-reduced) gradients in `.grad`. `padding_efficiency` is the share of
+    this rank's computed steps that are real steps, not padding."""
+    real = int(batch["lengths"].sum())
+    computed = batch["lengths"].numel() * batch["inputs"].shape[1]
     batch = to_device(batch, place.device)
     model.train()
     with precision.autocast():
@@ -392,7 +394,8 @@ def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     loss = objective.loss(outputs.float(), batch)
     optimizer.zero_grad(set_to_none=True)
     precision.backward(loss, optimizer)  # DDP all-reduces the gradients here
-    return {"train_loss": mean_over_ranks(loss.detach()), "tokens": float(tokens)}
+    return {"train_loss": mean_over_ranks(loss.detach()), "tokens": float(real * place.world),
+            "padding_efficiency": real / computed}
 
 
 def clip_gradients(model: torch.nn.Module, clipper: Clipper) -> dict[str, float]:
@@ -511,6 +514,7 @@ class Recorder:
             "lr": self._optimizer.param_groups[0]["lr"],
             "tokens_per_s": figures["tokens"] / max(now - self._last_time, 1e-9),
             "curriculum_level": figures["curriculum_level"],
+            "padding_efficiency": figures["padding_efficiency"],
         }
         for optional in ("clip_threshold", "loss_scale"):
             if optional in figures:

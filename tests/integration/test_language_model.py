@@ -16,6 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from orchestrator.cli import main
+
 pytestmark = pytest.mark.integration
 
 RNN_ORCH = str(Path(sys.executable).parent / "rnn-orch")
@@ -60,7 +62,7 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
-def test_language_model_learns_generates_and_resumes_exactly(cli_env, workdir):
+def test_language_model_learns_generates_and_resumes_exactly(cli_env, workdir, capsys):
     write_corpus(workdir / "corpus")
     config = write_config(workdir)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -96,8 +98,7 @@ def test_language_model_learns_generates_and_resumes_exactly(cli_env, workdir):
                 name, step)
 
     model_uri = run.data.tags["rnn_orch.model_uri"]
-    generated = subprocess.run(
-        [RNN_ORCH, "generate", model_uri, "--prime", "def ", "--length", "80",
-         "--temperature", "0.5"], env=cli_env, capture_output=True, text=True, timeout=120)
-    assert generated.returncode == 0, generated.stderr
-    assert generated.stdout.startswith("def ") and len(generated.stdout) >= 80
+    assert main(["generate", model_uri, "--prime", "def ", "--length", "80",
+                 "--temperature", "0.5"]) == 0
+    generated = capsys.readouterr().out
+    assert generated.startswith("def ") and len(generated) >= 80

@@ -146,3 +146,13 @@ def test_fp16_needs_a_gpu_and_the_error_names_both_keys():
 def test_an_unknown_precision_lists_the_choices():
     with pytest.raises(ConfigError, match="train.precision .*fp32, bf16, fp16"):
         apply_overrides(Config(), ["train.precision=fp8"])
+
+
+def test_padding_efficiency_is_the_share_of_computed_steps_that_are_real():
+    model, optimizer = model_and_optimizer()
+    batch = {"inputs": torch.randn(3, 10, 2), "lengths": torch.tensor([10, 5, 3]),
+             "targets": torch.randn(3, 1)}
+    figures = forward_backward(model, optimizer, batch, Precision("fp32", CPU), REGRESSION,
+                               PLACE)
+    assert figures["padding_efficiency"] == pytest.approx(18 / 30)
+    assert figures["tokens"] == 18
