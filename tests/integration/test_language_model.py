@@ -100,5 +100,5 @@ def test_language_model_learns_generates_and_resumes_exactly(cli_env, workdir, c
     model_uri = run.data.tags["rnn_orch.model_uri"]
     assert main(["generate", model_uri, "--prime", "def ", "--length", "80",
                  "--temperature", "0.5"]) == 0
-    generated = capsys.readouterr().out
-    assert generated.startswith("def ") and len(generated) >= 80
+    printed = "\n" + capsys.readouterr().out  # Ray's own warnings may come before the text
+    assert "\ndef " in printed and len(printed.split("\ndef ", 1)[1]) >= 80
