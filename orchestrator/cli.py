@@ -340,7 +340,7 @@ def _data_make(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from pipelines.fetch import fetch
+    from pipelines.fetch import DATASETS, fetch
     from pipelines.labelled_sequences import ARCHIVE, fetch_archive
     from pipelines.text_corpus import CORPORA, write_corpus
 
@@ -348,8 +348,11 @@ def _data_fetch(args: argparse.Namespace) -> int:
         path = write_corpus(args.name, args.out)
     elif args.name in ARCHIVE:
         path = fetch_archive(args.name, args.out)
-    else:
+    elif args.name in DATASETS:
         path = fetch(args.name, args.out)
+    else:
+        raise DataError(f"unknown dataset {args.name!r}; expected one of "
+                        f"{', '.join(sorted([*DATASETS, *ARCHIVE, *CORPORA]))}.")
     print(f"rnn-orch: wrote {path}")
     return EXIT_OK
 

@@ -102,3 +102,9 @@ def test_a_sweep_of_a_text_base_is_refused(tmp_path):
         {"base": "base.yaml", "search": {"optim.lr": {"choice": [0.1, 0.01]}}}))
     with pytest.raises(SweepError, match="task.name=text cannot be swept yet"):
         load_sweep(tmp_path / "sweep.yaml")
+
+
+def test_an_unknown_dataset_name_lists_every_kind_fetch_knows(tmp_path, capsys):
+    assert main(["data", "fetch", "nothing", "--out", str(tmp_path / "x")]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert all(name in error for name in ("beijing_pm", "japanese_vowels", "python_stdlib"))
