@@ -98,7 +98,11 @@ def load_weights_only(path: str | Path, name: str | None = None) -> Any:
 
 def load_model(directory: str | Path) -> SequenceModel:
     """Rebuild the trained model from a checkpoint directory, on the CPU."""
-    state = load(directory)
+    return model_from(load(directory))
+
+
+def model_from(state: dict[str, Any]) -> SequenceModel:
+    """The model of a loaded checkpoint state (`load`)."""
     model = build_model(ModelSpec(**state["spec"]))
     model.load_state_dict(state["model"])
     return model

@@ -175,8 +175,7 @@ def train(config: Config, verbose: bool = False, stream=sys.stdout) -> Outcome:
         tracking.record(uri, run_id, metrics=TextLayout.from_json(text["layout"]).references)
     sequences = classifier_data(config, info)
     if sequences and not resumed:
-        tracking.record(uri, run_id, metrics=classification.majority_figures(
-            Path(config.task.path), info.output_size))
+        tracking.record(uri, run_id, metrics=sequences["majority"])
     board = board_on_this_node()
     loop_config = make_loop_config(config, info, quantiles, run_id, board, forecast=forecast,
                                    init_weights=transfer.weights if transfer else None,
@@ -455,14 +454,17 @@ def log_final_model(final: ray.train.Checkpoint, best: ray.train.Checkpoint, uri
 
 
 def classifier_data(config: Config, info: TaskInfo) -> dict | None:
-    """For a Parquet task of one class per sequence: its test split ("" when it has none)
-    and class names, as the end of the run needs them; None for other tasks."""
+    """For a Parquet task of one class per sequence: its test split ("" when it has none),
+    class names and majority-class figures, as plain values the end of the run needs
+    (they travel in the kept ending when the tracking server is away); None for other
+    tasks."""
     if config.task.name != "parquet" or info.kind != "sequence":
         return None
     root = Path(config.task.path)
     names = read_classes(root / "train") or [str(i) for i in range(info.output_size)]
     return {"test_dir": str(root / "test") if (root / "test").is_dir() else "",
-            "classes": names}
+            "classes": names,
+            "majority": classification.majority_figures(root, info.output_size)}
 
 
 def test_classifier(checkpoint_dir: str, sequences: dict, uri: str,
@@ -471,29 +473,33 @@ def test_classifier(checkpoint_dir: str, sequences: dict, uri: str,
     returned with the majority-class figures beside them."""
     if not sequences["test_dir"]:
         return {}
-    model = checkpoints.load_model(checkpoint_dir)
+    model, step = model_and_step(checkpoint_dir)
     objective = objectives.of("sequence", len(sequences["classes"]))
     sums = classification.test_sums(model, Path(sequences["test_dir"]), objective)
-    tested = {**objective.summarize(sums, "test"),
-              "test_checkpoint_step": float(checkpoints.load(checkpoint_dir)["step"])}
+    tested = {**objective.summarize(sums, "test"), "test_checkpoint_step": step}
     with tempfile.TemporaryDirectory() as directory:
         plots = Path(directory) / "plots"
         plots.mkdir()
         classification.plot_confusion(objective.confusion(sums), sequences["classes"], plots)
         tracking.record(uri, run_id, metrics=tested, artifacts=directory)
-    test_dir = Path(sequences["test_dir"])
-    return {**tested, **classification.majority_figures(test_dir.parent, objective.num_classes)}
+    return {**tested, **sequences["majority"]}
 
 
 def test_language_model(checkpoint_dir: str, text: dict) -> dict[str, float]:
     """The test figures of the checkpoint's model: the whole test text, read in order with
     its state carried, on this process's CPU, in chunks of the run's task.bptt."""
-    model = checkpoints.load_model(checkpoint_dir)
+    model, step = model_and_step(checkpoint_dir)
     bptt = load_config(Path(checkpoint_dir) / checkpoints.CONFIG_FILE).task.bptt
     batches = in_chunks(read_text_share(text["directory"], "test", 0, 1), EVAL_STREAMS, bptt)
     tested = validate(model, batches, TextObjective(), Place(0, 1, torch.device("cpu")),
                       carries_state=True, prefix="test")
-    return {**tested, "test_checkpoint_step": float(checkpoints.load(checkpoint_dir)["step"])}
+    return {**tested, "test_checkpoint_step": step}
+
+
+def model_and_step(checkpoint_dir: str) -> tuple[torch.nn.Module, float]:
+    """A checkpoint's model, on the CPU, and the step it was saved at (one read)."""
+    state = checkpoints.load(checkpoint_dir)
+    return checkpoints.model_from(state), float(state["step"])
 
 
 def start_ray(verbose: bool) -> None:

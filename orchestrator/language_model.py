@@ -40,13 +40,20 @@ State = torch.Tensor | tuple[torch.Tensor, ...]
 class CarriedState:
     """The recurrent state one chunk leaves to the next (None before the first chunk)."""
 
-    def __init__(self, state: State | None = None) -> None:
-        self.state = state
+    def __init__(self) -> None:
+        self.state: State | None = None
 
     def run(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's prediction for `batch`, from the carried state (zeros where the
-        batch starts its streams again); keeps the final state, detached, for the next."""
-        start = None if bool(batch["reset"]) else self.state
+        """The model's prediction for `batch`, from the carried state; keeps the final
+        state, detached, for the next chunk.
+
+        The rows whose `reset` (B,) is set start their streams again, from zeros. The
+        state is multiplied by the mask rather than the flag read on the host, so a step
+        on a GPU waits for nothing."""
+        start = self.state
+        if start is not None:
+            keep = (~batch["reset"])[None, :, None]
+            start = _map(start, lambda tensor: tensor * keep)
         outputs, final = model(batch["inputs"], batch["lengths"], state=start,
                                return_state=True)
         self.state = _detached(final)
@@ -82,7 +89,7 @@ def sample(model: torch.nn.Module, vocab: Vocabulary, prime: str, length: int,
     drawn = []
     for position in range(length):
         batch = {"inputs": tokens, "lengths": torch.tensor([tokens.size(1)], device=device),
-                 "reset": torch.tensor(position == 0)}
+                 "reset": torch.tensor([position == 0], device=device)}
         logits = carried.run(model, batch)[0, -1].float()
         probabilities = torch.softmax(logits / temperature, dim=-1).cpu()
         tokens = torch.multinomial(probabilities, 1, generator=generator).to(device)[None]

@@ -45,7 +45,7 @@ from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate
 from pipelines.sources import ShardBatches, SyntheticBatches
 from pipelines.synthetic import make_task, rng_for
-from pipelines.text import DESCRIPTION_FILE, TextBatches, TextLayout, Vocabulary
+from pipelines.text import DESCRIPTION_FILE, TextBatches, TextLayout, Vocabulary, bits
 from pipelines.timeseries import ForecastLayout
 from pipelines.windows import LAYOUT_FILE, WindowBatches
 
@@ -502,6 +502,7 @@ class Recorder:
         self._clipped = deque(maxlen=CLIP_RATE_WINDOW)
         self._last_time = time.perf_counter()
         self._logged_through = 0  # steps up to this one are in MLflow already (`resumed`)
+        self._language_model = loop_config.get("text") is not None  # also logs train_bpc
 
     def step(self, step: int, figures: dict[str, float]) -> None:
         now = time.perf_counter()
@@ -519,6 +520,8 @@ class Recorder:
         for optional in ("clip_threshold", "loss_scale"):
             if optional in figures:
                 metrics[optional] = figures[optional]
+        if self._language_model:
+            metrics["train_bpc"] = bits(figures["train_loss"])
         self._last_time = now
         self._log(step, metrics)
         if self._progress:

@@ -25,8 +25,9 @@ word_language_model's `batchify` does:
 
 Training step s takes chunk (s - 1) mod (L // bptt) of every stream, so a batch is a pure
 function of the step and a resumed run sees exactly the text it would have. The model
-carries each row's hidden state from one chunk to the next; `reset` marks the first
-chunk of an epoch, where every stream starts again from the beginning of the share.
+carries each row's hidden state from one chunk to the next; `reset` (one flag per row)
+marks the first chunk of an epoch, where every stream starts again from the beginning of
+the share.
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def chunk(stream_rows: np.ndarray, start: int, steps: int,
     rows, steps = ids.size(0), ids.size(1) - 1
     return {"inputs": ids[:, :-1].contiguous(), "targets": ids[:, 1:].contiguous(),
             "lengths": torch.full((rows,), steps, dtype=torch.int64),
-            "reset": torch.tensor(reset)}
+            "reset": torch.full((rows,), reset)}
 
 
 def in_chunks(tokens: np.ndarray, rows: int, bptt: int) -> Iterator[dict[str, torch.Tensor]]:

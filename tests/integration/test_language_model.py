@@ -7,6 +7,7 @@ same run trained straight through ends (the carried state is part of the checkpo
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import sysconfig
@@ -78,6 +79,7 @@ def test_language_model_learns_generates_and_resumes_exactly(cli_env, workdir, c
     metrics = run.data.metrics
     assert run.info.status == "FINISHED"
     assert metrics["val_bpc"] < metrics["val_bpc_unigram"] - 0.5, metrics
+    assert metrics["train_bpc"] == pytest.approx(metrics["train_loss"] / math.log(2))
     assert metrics["test_bpc"] < metrics["bpc_unigram"] - 0.5, metrics
     assert 0 < metrics["bpc_xz"] < metrics["bpc_unigram"]
     assert "bits per character" in output and "does not beat the unigram" not in output

@@ -32,8 +32,8 @@ def test_carrying_the_state_over_chunks_equals_one_pass_over_the_whole_text(cell
     whole = model(ids)
     carried = CarriedState()
     parts = [carried.run(model, {"inputs": ids[:, start:start + 8],
-                                 "lengths": torch.full((3,), 8), "reset": torch.tensor(
-                                     start == 0)})
+                                 "lengths": torch.full((3,), 8),
+                                 "reset": torch.full((3,), start == 0)})
              for start in range(0, 24, 8)]
     assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-5)
 
@@ -41,12 +41,16 @@ def test_carrying_the_state_over_chunks_equals_one_pass_over_the_whole_text(cell
 def test_the_carried_state_is_detached_and_a_reset_starts_from_zeros():
     model = language_model()
     ids = torch.randint(0, VOCAB, (2, 5))
-    batch = {"inputs": ids, "lengths": torch.full((2,), 5), "reset": torch.tensor(True)}
+    batch = {"inputs": ids, "lengths": torch.full((2,), 5), "reset": torch.full((2,), True)}
     carried = CarriedState()
     first = carried.run(model, batch)
     assert all(not part.requires_grad for part in carried.state)
-    assert not torch.equal(carried.run(model, {**batch, "reset": torch.tensor(False)}), first)
+    assert not torch.equal(carried.run(model, {**batch, "reset": torch.full((2,), False)}),
+                           first)
     assert torch.equal(carried.run(model, batch), first)  # reset: the state is not used
+    carried.run(model, batch)
+    mixed = carried.run(model, {**batch, "reset": torch.tensor([True, False])})
+    assert torch.equal(mixed[0], first[0]) and not torch.equal(mixed[1], first[1])
 
 
 def test_a_checkpointed_state_gives_the_same_next_chunk():
@@ -54,8 +58,9 @@ def test_a_checkpointed_state_gives_the_same_next_chunk():
     (`make_carried_state`) continue exactly."""
     model = language_model()
     ids = torch.randint(0, VOCAB, (2, 10))
-    first = {"inputs": ids[:, :5], "lengths": torch.full((2,), 5), "reset": torch.tensor(True)}
-    second = {**first, "inputs": ids[:, 5:], "reset": torch.tensor(False)}
+    first = {"inputs": ids[:, :5], "lengths": torch.full((2,), 5),
+             "reset": torch.full((2,), True)}
+    second = {**first, "inputs": ids[:, 5:], "reset": torch.full((2,), False)}
     place = Place(0, 1, torch.device("cpu"))
     carried = make_carried_state({"directory": ""}, None, place)
     carried.run(model, first)

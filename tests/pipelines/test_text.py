@@ -144,14 +144,14 @@ def test_training_chunks_walk_each_stream_in_order_and_reset_each_epoch(tmp_path
     batches = text_batches(tmp_path)  # 160 training tokens: 4 streams of 39 + 1
     assert batches.chunks_per_epoch == 7
     first, second = batches.train_batch(1), batches.train_batch(2)
-    assert bool(first["reset"]) and not bool(second["reset"])
+    assert first["reset"].all() and not second["reset"].any()
     inputs = first["inputs"]
     assert inputs[1].tolist() == [39, 40, 41, 42, 43]
     assert first["targets"][1].tolist() == [40, 41, 42, 43, 44]
     assert second["inputs"][1].tolist() == [44, 45, 46, 47, 48]
     assert first["inputs"].shape == (4, 5) and first["lengths"].tolist() == [5] * 4
     again = batches.train_batch(8)  # the next epoch starts the streams again
-    assert bool(again["reset"]) and torch.equal(again["inputs"], first["inputs"])
+    assert again["reset"].all() and torch.equal(again["inputs"], first["inputs"])
 
 
 def test_a_share_too_small_for_the_streams_is_refused(tmp_path):
@@ -162,7 +162,7 @@ def test_a_share_too_small_for_the_streams_is_refused(tmp_path):
 def test_evaluation_chunks_score_every_token_of_the_streams_once():
     tokens = np.arange(101) % 7
     chunks = list(in_chunks(tokens, 4, 6))
-    assert [bool(c["reset"]) for c in chunks] == [True] + [False] * 4
+    assert [bool(c["reset"].all()) for c in chunks] == [True] + [False] * 4
     assert sum(c["targets"].numel() for c in chunks) == 100  # 4 streams of 25 targets
     assert chunks[-1]["inputs"].shape[1] == 1  # 25 = 4 * 6 + 1
 
