@@ -1,9 +1,13 @@
-"""The worker loop's set-up helpers, without Ray: config to model spec, and the
-hyperparameters a run copied from another run's checkpoint takes from its own config."""
+"""The worker loop's set-up helpers, without Ray: config to model spec, the
+hyperparameters a run copied from another run's checkpoint takes from its own config, and
+what a worker imports."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -49,3 +53,11 @@ def test_a_copied_checkpoint_takes_the_configs_hyperparameters():
     assert (top["lr"], top["momentum"], top["weight_decay"]) == (0.01, 0.7, 0.03)
     assert lower["lr"] == 0.0025  # a layer down: optim.lr / init.lr_decay
     assert clipper.threshold == 0.25
+
+
+def test_the_training_loop_leaves_mlflow_to_rank_0():
+    """Every worker imports orchestrator.worker when its run starts; only rank 0 logs."""
+    code = "import sys, orchestrator.worker; print('mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).parents[2])
+    assert result.stdout.strip() == "False"
