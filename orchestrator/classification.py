@@ -11,17 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pyarrow.parquet as pq
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-
-from orchestrator.objectives import ClassificationObjective  # noqa: E402
-from pipelines.collate import pad_batch, to_torch  # noqa: E402
-from pipelines.parquet import split_files  # noqa: E402
+from orchestrator.objectives import ClassificationObjective
+from pipelines.collate import pad_batch, to_torch
+from pipelines.parquet import split_files
 
 CONFUSION_FILE = "confusion_matrix_test.png"
 BATCH_ROWS = 256
@@ -67,8 +63,11 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out_dir: str | P
     the share of its row (so a rare class's errors show as plainly as a common one's)."""
     counts = confusion.numpy().astype(int)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    from matplotlib.figure import Figure  # loaded only by runs that draw
+
     size = max(4.0, 0.45 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size), layout="tight")
+    axes = figure.subplots()
     axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (row, column), count in np.ndenumerate(counts):
         if count:
@@ -80,8 +79,6 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out_dir: str | P
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     axes.set_title(f"test split: {counts.trace()} of {counts.sum()} right")
-    figure.tight_layout()
     path = Path(out_dir) / CONFUSION_FILE
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path

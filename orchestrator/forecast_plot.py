@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from orchestrator.forecaster import Forecaster  # noqa: E402
-from pipelines.timeseries import Stretch, window_offsets  # noqa: E402
+from orchestrator.forecaster import Forecaster
+from pipelines.timeseries import Stretch, window_offsets
 
 MAX_WINDOWS = 8
 FILE = "test_forecast.png"
@@ -38,7 +34,10 @@ def plot_test_forecasts(forecaster: Forecaster, stretch: Stretch, out_dir: str |
         + offset[:, None]
     actual = stretch.values[:, :targets] * scale + offset
     end = starts[-1] + context + horizon
-    figure, axes = plt.subplots(targets, 1, figsize=(10, 3 * targets), squeeze=False)
+    from matplotlib.figure import Figure  # loaded only by runs that draw
+
+    figure = Figure(figsize=(10, 3 * targets), layout="tight")
+    axes = figure.subplots(targets, 1, squeeze=False)
     median = layout.quantiles.index(0.5) if layout.quantiles else 0
     for k, (axis, name) in enumerate(zip(axes[:, 0], layout.targets, strict=True)):
         axis.plot(np.arange(end), actual[:end, k], color="black", lw=1, label="actual")
@@ -56,8 +55,6 @@ def plot_test_forecasts(forecaster: Forecaster, stretch: Stretch, out_dir: str |
     series = layout.series[stretch.series] or "the series"
     axes[0, 0].set_title(f"Test split of {series}: forecasts of {horizon} steps")
     axes[-1, 0].set_xlabel("step within the test stretch")
-    figure.tight_layout()
     path = Path(out_dir) / FILE
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

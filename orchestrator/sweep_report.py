@@ -15,13 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on workers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from orchestrator.sweep_file import Sweep  # noqa: E402
+from orchestrator.sweep_file import Sweep
 
 TOP_ROWS = 10  # printed at the end of a sweep; summary.md has them all
 
@@ -75,8 +69,12 @@ def write_report(rows: list[TrialRow], sweep: Sweep, directory: Path) -> Path:
 def plot_metric_by_key(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
     """One panel per searched key: each trial's last metric against its value. Hollow
     markers are trials a scheduler stopped early."""
+    from matplotlib.figure import Figure  # loaded only by sweeps that draw
+    from matplotlib.ticker import NullFormatter
+
     keys = sweep.searched_keys()
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    figure = Figure(figsize=(4 * len(keys), 3.5), layout="tight")
+    axes = figure.subplots(1, len(keys), squeeze=False)
     for axis, key in zip(axes[0], keys, strict=True):
         values = [row.values.get(key) for row in rows]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
@@ -97,13 +95,14 @@ def plot_metric_by_key(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
         axis.set_xlabel(key)
         axis.set_ylabel(sweep.metric)
     figure.suptitle(f"{sweep.name}: {sweep.metric} by searched key (hollow: stopped early)")
-    figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def plot_learning_curves(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(7, 4))
+    from matplotlib.figure import Figure  # loaded only by sweeps that draw
+
+    figure = Figure(figsize=(7, 4), layout="tight")
+    axis = figure.subplots()
     for row in rows:
         if row.curve:
             steps, scores = zip(*row.curve, strict=True)
@@ -116,9 +115,7 @@ def plot_learning_curves(rows: list[TrialRow], sweep: Sweep, path: Path) -> None
     axis.set_title(f"{sweep.name}: learning curves (dashed: stopped early)")
     if len(rows) <= TOP_ROWS:
         axis.legend(fontsize="small")
-    figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def _show(value: Any) -> str:
