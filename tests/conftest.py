@@ -48,11 +48,18 @@ def ray_head():
     # The dashboard stays on: Ray Train's placement-group cleaner asks its state API
     # whether a stopped trial's controller is gone; without it a sweep's early-stopped
     # trials would hold their workers' CPUs for ever. It also serves `ray job submit`.
+    # Like the local Ray that `rnn-orch` starts on a laptop, the head runs no preemption
+    # watcher (see driver.start_ray). A node whose raylet is gone is declared dead after 3
+    # failed health checks a second apart rather than 5 three seconds apart, so the
+    # lost-node test waits seconds, not most of a minute; a live but busy raylet still
+    # has Ray's full timeout to answer each check.
     subprocess.run(
         [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
          f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats"],
         check=True, capture_output=True,
-        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"),
+        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                 RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0", RAY_health_check_period_ms="1000",
+                 RAY_health_check_failure_threshold="3"),
     )
     head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}")
     ray.init(address=head.address, log_to_driver=False)

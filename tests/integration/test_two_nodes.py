@@ -55,14 +55,17 @@ def nodes(ray_head):
             return node
 
         def lose(self, node: subprocess.Popen) -> None:
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
+            """Kill every process of `node` and wait until the head has declared it dead."""
+            expected = alive_nodes() - 1
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+            wait_for_nodes(expected)
 
     yield Nodes()
-    for node in started:  # a node stopped in order leaves at once; a lost one is noticed late
-        node.terminate()
-        node.wait()
+    for node in started:
+        if node.poll() is None:
+            node.terminate()
+            node.wait()
     wait_for_nodes(1)
 
 
@@ -84,7 +87,7 @@ def test_node_local_storage_is_refused_and_a_lost_node_is_survived(nodes, mlflow
     # 1.5 CPUs per worker: the head (2 CPUs) holds one worker, the other node the other.
     run = subprocess.Popen(
         [BIN / "rnn-orch", "train", CONFIG, "run.name=lose-node", "task.seq_len=20",
-         "model.hidden_size=16", "train.steps=400", "train.eval_every=40",
+         "model.hidden_size=16", "train.steps=200", "train.eval_every=40",
          "train.checkpoint_every=40", "scaling.cpus_per_worker=1.5", "run.max_failures=2",
          f"run.storage_path={(workdir / 'runs').as_uri()}", "tracking.experiment=tests",
          f"tracking.uri={mlflow_server.uri}"],
@@ -100,5 +103,5 @@ def test_node_local_storage_is_refused_and_a_lost_node_is_survived(nodes, mlflow
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
     assert len(resumed) == 1 and resumed[0] > 0 and resumed[0] % 40 == 0
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
-        range(1, 401))
+        range(1, 201))
     assert client.get_run(run_id).info.status == "FINISHED"
