@@ -61,10 +61,10 @@ def test_sums(model: torch.nn.Module, split_dir: Path,
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out_dir: str | Path) -> Path:
     """Rows: the true class; columns: the predicted one; each cell its count, shaded by
     the share of its row (so a rare class's errors show as plainly as a common one's)."""
-    counts = confusion.numpy().astype(int)
-    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     from matplotlib.figure import Figure  # loaded only by runs that draw
 
+    counts = confusion.numpy().astype(int)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = max(4.0, 0.45 * len(classes) + 2)
     figure = Figure(figsize=(size, size), layout="tight")
     axes = figure.subplots()

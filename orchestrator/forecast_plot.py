@@ -23,6 +23,8 @@ FILE = "test_forecast.png"
 def plot_test_forecasts(forecaster: Forecaster, stretch: Stretch, out_dir: str | Path) -> Path:
     """Draw up to MAX_WINDOWS forecasts over `stretch` (normalized values of one series'
     test split) in the table's units; returns the PNG's path."""
+    from matplotlib.figure import Figure  # loaded only by runs that draw
+
     layout = forecaster.layout
     context, horizon, targets = layout.context, layout.horizon, len(layout.targets)
     offset, scale = (array[stretch.series, :targets] for array in layout.arrays())
@@ -34,8 +36,6 @@ def plot_test_forecasts(forecaster: Forecaster, stretch: Stretch, out_dir: str |
         + offset[:, None]
     actual = stretch.values[:, :targets] * scale + offset
     end = starts[-1] + context + horizon
-    from matplotlib.figure import Figure  # loaded only by runs that draw
-
     figure = Figure(figsize=(10, 3 * targets), layout="tight")
     axes = figure.subplots(targets, 1, squeeze=False)
     median = layout.quantiles.index(0.5) if layout.quantiles else 0
