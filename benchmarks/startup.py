@@ -129,7 +129,7 @@ def table(args: argparse.Namespace, floors: list[float],
     lines = [
         "# Start-up: from the command to the first training step",
         "",
-        f"Command: `python benchmarks/startup.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"Command: `{' '.join(['python benchmarks/startup.py', *sys.argv[1:]])}`",
         "",
         f"Machine: {describe()}. {datetime.date.today().isoformat()}. Median of "
         f"{args.repeats} repeats, taking turns. The job: `rnn-orch train configs/adding.yaml "
