@@ -25,14 +25,12 @@ import argparse
 import datetime
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ray
 from machine import describe
+from timed_runs import extra_seconds
 
-from orchestrator import driver
-from orchestrator.config import Config, apply_overrides
 from pipelines.parquet import write_dataset
 from pipelines.synthetic import make_task
 
@@ -83,25 +81,9 @@ def main() -> None:
 
 def measure(overrides: list[str], short: int, long: int, args) -> float:
     """Steady-state tokens/s of one way: extra tokens of the long run over its extra
-    seconds."""
-    seconds = {}
-    for steps in (short, long):
-        config = driver.resolve(apply_overrides(Config(), [
-            *overrides, f"train.steps={steps}", f"train.checkpoint_every={steps}",
-            f"run.name=bench-{time.time_ns()}"]), {})
-        started = time.monotonic()
-        outcome = driver.train(config, stream=sys.stderr)
-        seconds[steps] = time.monotonic() - started
-        if outcome.final.get("step") != steps:
-            sys.exit(f"{overrides}: the run ended at step {outcome.final.get('step')}, "
-                     f"not {steps}")
-        print(f"  {overrides[-1]}: {steps} steps in {seconds[steps]:.1f} s",
-              file=sys.stderr, flush=True)
-    extra = seconds[long] - seconds[short]
-    if extra <= 0:
-        sys.exit(f"{overrides}: the long run was not slower than the short one; rerun with "
-                 "more --steps")
-    return (long - short) * args.batch * args.workers * args.seq_len / extra
+    seconds (every row of the adding problem is seq_len steps long)."""
+    tokens = (long - short) * args.batch * args.workers * args.seq_len
+    return tokens / extra_seconds(overrides, short, long)
 
 
 def report(throughput: dict[str, float], args, rows: int) -> list[str]:

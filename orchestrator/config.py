@@ -71,6 +71,11 @@ class TaskConfig:
     num_classes: int = _key(
         0, "parquet task: number of classes, when the files do not carry rnn-orch metadata"
     )
+    shuffle_rows: int = _key(1024, "parquet task: rows each worker shuffles in memory, "
+                                   "with a new seed every epoch (0 = the files' order)")
+    bucket_batches: int = _key(1, "parquet task: length bucketing: the rows of this many "
+                                  "batches are sorted by length together, cut into "
+                                  "batches and taken in a shuffled order (1 = none)")
     time_column: str = _key("", "timeseries: the column of timestamps (or integer steps)")
     targets: str = _key("", "timeseries: the columns to forecast (a list, or a, b)",
                        list=True)
@@ -125,8 +130,10 @@ class TaskConfig:
                 "task.path is empty but task.name is 'parquet': set task.path to a directory "
                 "holding train/ and val/ Parquet files (see `rnn-orch data make --help`)."
             )
-        if self.num_classes < 0:
-            raise ConfigError(f"task.num_classes must be >= 0, got {self.num_classes}.")
+        _positive(self, "bucket_batches")
+        for key in ("num_classes", "shuffle_rows"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"task.{key} must be >= 0, got {getattr(self, key)}.")
 
     def _check_timeseries(self) -> None:
         for key in ("path", "time_column", "targets"):

@@ -41,7 +41,7 @@ from orchestrator.precision import Precision
 from orchestrator.progress import ProgressPoster
 from orchestrator.transfer import Freezer, param_groups
 from pipelines.parquet import TaskInfo
-from pipelines.ray_datasets import PaddingCollate
+from pipelines.ray_datasets import PaddingCollate, WindowCollate
 from pipelines.sources import ShardBatches, SyntheticBatches
 from pipelines.synthetic import make_task, rng_for
 from pipelines.text import DESCRIPTION_FILE, TextBatches, TextLayout, Vocabulary, bits
@@ -90,7 +90,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
     precision = make_precision(config, state, place)
-    batches = make_batches(config, info, place, forecast, layout, text)
+    batches = make_batches(config, info, place, forecast, layout, text, state)
     carried = make_carried_state(text, state, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
     diagnostics = make_diagnostics(config, objective, state, place)
@@ -140,7 +140,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          "guard": guard.state_dict() if guard else {},
                          "precision": precision.state_dict(),
                          "diagnostics": diagnostics.state_dict() if diagnostics else {},
-                         "carried": gather_carried(carried, place)}
+                         "carried": gather_carried(carried, place),
+                         "data": batches.position() if isinstance(batches, ShardBatches)
+                         else {}}
                 if recorder and text:
                     recorder.samples(step, unwrap(model), batches.vocab,
                                      batches.prime(PRIME_LENGTH), config.seed)
@@ -327,7 +329,9 @@ def make_diagnostics(config: Config, objective: objectives.Objective, state: dic
 
 
 def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | None,
-                 layout: ForecastLayout | None, text: dict | None):
+                 layout: ForecastLayout | None, text: dict | None, state: dict | None):
+    """This rank's batches; a Parquet stream continues from the position its checkpoint
+    kept (the other sources derive their position from the step)."""
     if text:
         return TextBatches(text["directory"], TextLayout.from_json(text["layout"]),
                            config.train.batch_size, config.task.bptt, place.rank, place.world)
@@ -335,13 +339,19 @@ def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | 
         return WindowBatches(forecast["directory"], layout, config.train.batch_size,
                              config.seed, place.rank, place.world)
     if config.task.name == "parquet":
+        t = config.task
+        bucketing = t.bucket_batches > 1
         return ShardBatches(
             ray.train.get_dataset_shard("train"),  # [ray]
             ray.train.get_dataset_shard("val"),  # [ray]
             config.train.batch_size,
             PaddingCollate(info.kind),
+            WindowCollate(info.kind, config.train.batch_size, by_length=bucketing),
+            t.bucket_batches,
+            t.shuffle_rows,
             config.seed,
             place.rank,
+            position=state["parts"].get("data") if state else None,
         )
     task = make_task(config.task.name, config.task.seq_len)
     return SyntheticBatches(task, config.seed, place.rank, place.world,

@@ -93,6 +93,25 @@ def pad_batch(columns: Mapping[str, np.ndarray], kind: str) -> dict[str, np.ndar
     return batch
 
 
+def cut_window(columns: Mapping[str, np.ndarray], kind: str, batch_size: int,
+               by_length: bool) -> list[dict[str, np.ndarray]]:
+    """A window of rows -> its full batches of `batch_size` rows, each padded on its own
+    (rows left over, fewer than a batch, are dropped, as drop_last would).
+
+    With `by_length`, the rows are ordered by length first (stable), so each batch holds
+    rows of similar lengths and computes few padded steps: length bucketing. A window of
+    many batches buckets better and shuffles less; the caller shuffles the batches' order.
+    """
+    rows = len(columns["inputs"])
+    order = np.arange(rows)
+    if by_length:
+        lengths = np.fromiter(map(len, columns["inputs"]), dtype=np.int64, count=rows)
+        order = np.argsort(lengths, kind="stable")
+    return [pad_batch({name: np.asarray(column)[order[start:start + batch_size]]
+                       for name, column in columns.items()}, kind)
+            for start in range(0, rows - batch_size + 1, batch_size)]
+
+
 def select_rows(batch: Mapping[str, torch.Tensor], keep: torch.Tensor
                 ) -> dict[str, torch.Tensor]:
     """The rows where `keep` is True, with padding trimmed to the longest of them (a

@@ -1,4 +1,4 @@
-"""Ray Data over a Parquet split, and the collate that pads its ragged rows.
+"""Ray Data over a Parquet split, and the collates that pad its ragged rows.
 
 The only module of pipelines/ that imports ray.data (importing it costs about a second,
 and the generators and Parquet helpers must stay usable without Ray). Typical use in a
@@ -8,6 +8,9 @@ Ray Train worker:
     shard = ray.train.get_dataset_shard("train")          # from read_split(split_dir)
     for batch in shard.iter_torch_batches(batch_size=64, collate_fn=PaddingCollate(info.kind)):
         ...                                                # the batch format of collate.py
+
+Training reads windows of several batches through `WindowCollate` instead, to bucket
+rows by length (sources.ShardBatches).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import ray.data
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipelines.collate import check_kind, pad_batch, to_torch
+from pipelines.collate import check_kind, cut_window, pad_batch, to_torch
 from pipelines.parquet import split_files
 
 
@@ -69,3 +72,19 @@ class PaddingCollate(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return to_torch(pad_batch(batch, self.kind))
+
+
+class WindowCollate(NumpyBatchCollateFn):
+    """`iter_torch_batches` collate_fn for training: a window of several batches' worth of
+    rows -> a list of padded torch batches (`collate.cut_window`), sorted by length first
+    when `by_length` (length bucketing). Runs on Ray's collate threads, so the sorting and
+    padding overlap training; the list is not moved to a device by Ray (the training loop
+    moves each batch)."""
+
+    def __init__(self, kind: str, batch_size: int, by_length: bool) -> None:
+        super().__init__()
+        self.kind, self.batch_size, self.by_length = check_kind(kind), batch_size, by_length
+
+    def __call__(self, window: dict[str, np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        return [to_torch(batch)
+                for batch in cut_window(window, self.kind, self.batch_size, self.by_length)]

@@ -72,16 +72,33 @@ class ShardBatches:
     """Batches from this worker's shards of Ray Data datasets, epoch after epoch.
 
     `train_shard` and `val_shard` are Ray Data iterators (`get_dataset_shard`); `collate`
-    pads their ragged rows. Full batches only (drop_last), so every rank takes the same
-    number of steps per epoch and the epochs of all ranks end together.
+    pads validation rows, `window_collate` (ray_datasets.WindowCollate) cuts the training
+    rows into windows of `window` batches, sorted by length when it buckets. Full batches
+    only, so every rank takes the same number of steps per epoch (the shards hold equal
+    rows) and the epochs of all ranks end together.
+
+    Every epoch is shuffled with its own seed, derived from (seed, rank, epoch): Ray Data's
+    local shuffle buffer of `shuffle_rows` rows (0 = file order) reorders the rows, and
+    the batches of each window are taken in a shuffled order. The shard itself must arrive
+    in the same order every epoch (Ray Data's `preserve_order`, set by the driver). So an
+    epoch repeats exactly, and `position` (epoch, batches taken), kept in checkpoints, is
+    enough to continue mid-epoch where a run stopped.
     """
 
-    def __init__(self, train_shard, val_shard, batch_size: int, collate, seed: int,
-                 rank: int):
+    def __init__(self, train_shard, val_shard, batch_size: int, collate, window_collate,
+                 window: int, shuffle_rows: int, seed: int, rank: int,
+                 position: dict[str, int] | None = None):
         self._train_shard, self._val_shard = train_shard, val_shard
         self._batch_size, self._collate = batch_size, collate
+        self._window_collate, self._window_rows = window_collate, window * batch_size
+        self._shuffle_rows = max(shuffle_rows, self._window_rows) if shuffle_rows else None
         self._seed, self._rank = seed, rank
+        self._epoch, self._taken = (position["epoch"], position["taken"]) if position else (0, 0)
         self._batches = self._epochs()
+
+    def position(self) -> dict[str, int]:
+        """Where the training stream stands: the epoch, and the batches taken from it."""
+        return {"epoch": self._epoch, "taken": self._taken}
 
     def train_batch(self, step: int, curriculum: Schedule) -> dict[str, torch.Tensor]:
         """The next batch of the shard, less the rows the curriculum does not admit yet.
@@ -110,19 +127,31 @@ class ShardBatches:
                 yield select_rows(batch, keep)
 
     def _epochs(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches epoch after epoch, from `position` on: the batches an earlier run of
+        this epoch already trained on are read again (the shuffles must replay) but
+        not handed out."""
         while True:
-            empty = True
-            for batch in self._train_shard.iter_torch_batches(
-                batch_size=self._batch_size, collate_fn=self._collate, drop_last=True
+            seeds = np.random.SeedSequence([self._seed, self._rank, self._epoch])
+            shuffle_seed, order_seed = seeds.generate_state(2)
+            order = np.random.default_rng(order_seed)
+            read = 0
+            for window in self._train_shard.iter_torch_batches(
+                batch_size=self._window_rows, collate_fn=self._window_collate,
+                local_shuffle_buffer_size=self._shuffle_rows,
+                local_shuffle_seed=int(shuffle_seed) if self._shuffle_rows else None,
             ):
-                empty = False
-                yield batch
-            if empty:
+                for index in order.permutation(len(window)):
+                    read += 1
+                    if read > self._taken:
+                        self._taken = read
+                        yield window[index]
+            if read == 0:
                 raise DataError(
                     f"a worker's share of the training data holds fewer than "
                     f"train.batch_size={self._batch_size} rows: write more rows, or lower "
                     "train.batch_size or scaling.num_workers."
                 )
+            self._epoch, self._taken = self._epoch + 1, 0
 
 
 def _difficulty(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -78,10 +78,16 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env,
 
 
 def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_env, workdir):
-    args = [*ARGS, "train.steps=200", "run.max_failures=1"]
-    # The same run never interrupted, for the exact comparison; the two runs take one CPU
-    # each on the 2-CPU test cluster, so they train side by side. The store is created
-    # first: two processes creating one SQLite store at once race in MLflow's migrations.
+    """A Parquet run read through Ray Data, shuffled every epoch and bucketed: an epoch is
+    32 steps, so the restart continues from a checkpoint in the middle of one."""
+    subprocess.run([RNN_ORCH, "data", "make", "adding", "--rows", "4096", "--val-rows",
+                    "256", "--seq-len", "20", "--out", "rows"], env=cli_env, check=True)
+    args = [*ARGS, "task.name=parquet", "task.path=rows", "task.bucket_batches=4",
+            "train.steps=120", "run.max_failures=1", "scaling.cpus_per_worker=0.25"]
+    # The same run never interrupted, for the exact comparison. The two runs take half a
+    # CPU each on the 2-CPU test cluster, so they train side by side and leave a CPU to
+    # Ray Data's read tasks. The store is created first: two processes creating one SQLite
+    # store at once race in MLflow's migrations.
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     client.create_experiment("tests")
     straight = subprocess.Popen([RNN_ORCH, "train", CONFIG, *args, "run.name=straight"],
@@ -104,17 +110,18 @@ def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_e
                            filter_string=f"tags.`rnn_orch.run_name` = '{name}'")[0].info.run_id
         for name in ("restart-me", "straight"))
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
-    assert len(resumed) == 1 and resumed[0] > 0
+    assert len(resumed) == 1 and resumed[0] > 0 and resumed[0] % 32 != 0  # mid-epoch
     # Steps the dead attempt logged after its checkpoint are trained again, logged once.
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
-        range(1, 201))
+        range(1, 121))
     assert client.get_run(run_id).info.status == "FINISHED"
 
-    # Exact: the uninterrupted run validates to the same losses after the restart.
+    # Exact: the uninterrupted run validates to the same losses after the restart, so
+    # the restarted workers read the same batches from where the checkpoint stood.
     restarted, uninterrupted = (
         {m.step: m.value for m in client.get_metric_history(run, "val_loss")}
         for run in (run_id, reference_id))
-    assert restarted.keys() == uninterrupted.keys() and 200 in restarted
+    assert restarted.keys() == uninterrupted.keys() and 120 in restarted
     for step in restarted:
         assert restarted[step] == pytest.approx(uninterrupted[step], rel=1e-6, abs=1e-9), step
 

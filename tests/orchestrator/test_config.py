@@ -155,6 +155,14 @@ def test_non_positive_steps(tmp_path, override):
     assert "train.steps must be > 0" in error_of(tmp_path, overrides=[override])
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    ("task.shuffle_rows=-1", "task.shuffle_rows must be >= 0"),
+    ("task.bucket_batches=0", "task.bucket_batches must be > 0"),
+])
+def test_shuffle_and_bucketing_reject_impossible_sizes(tmp_path, override, expected):
+    assert expected in error_of(tmp_path, overrides=[override])
+
+
 def test_checkpoint_every_must_be_a_multiple_of_eval_every(tmp_path):
     message = error_of(tmp_path, overrides=["train.eval_every=100", "train.checkpoint_every=150"])
     assert "train.checkpoint_every" in message and "train.eval_every" in message

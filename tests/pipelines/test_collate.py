@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.collate import IGNORE_INDEX, pad_batch, pad_rows, select_rows, to_torch
+from pipelines.collate import (
+    IGNORE_INDEX,
+    cut_window,
+    pad_batch,
+    pad_rows,
+    select_rows,
+    to_torch,
+)
 from pipelines.synthetic import AddingProblem, CopyMemory, generate_at, rng_for
 
 
@@ -136,3 +143,32 @@ def test_select_rows_leaves_regression_targets_whole():
     batch = to_torch(generate_at(AddingProblem(20), rng_for(0, 0, 1), np.array([4, 20])))
     kept = select_rows(batch, torch.tensor([True, False]))
     assert kept["inputs"].shape == (1, 4, 2) and kept["targets"].shape == (1, 1)
+
+
+def _ragged_window(lengths: list[int]) -> dict[str, np.ndarray]:
+    """Sequence-classification rows of the given lengths; each row's label is its index."""
+    inputs = _object_array([np.full((n, 2), float(i), np.float32)
+                            for i, n in enumerate(lengths)])
+    return {"inputs": inputs, "targets": np.arange(len(lengths))}
+
+
+def test_cut_window_buckets_rows_by_length_and_pads_each_batch_alone() -> None:
+    lengths = [9, 2, 7, 3, 8, 1, 9]
+    batches = cut_window(_ragged_window(lengths), "sequence", batch_size=2, by_length=True)
+    # Sorted by length (stable): 1, 2, 3, 7, 8, 9, 9 -> three full batches, one row left.
+    assert [b["lengths"].tolist() for b in batches] == [[1, 2], [3, 7], [8, 9]]
+    assert [b["inputs"].shape[1] for b in batches] == [2, 7, 9]
+    assert [b["targets"].tolist() for b in batches] == [[5, 1], [3, 2], [4, 0]]
+    # Each row's features travel with it.
+    for batch in batches:
+        assert (batch["inputs"][:, 0, 0] == batch["targets"]).all()
+
+
+def test_cut_window_without_bucketing_keeps_the_order_and_drops_the_remainder() -> None:
+    lengths = [9, 2, 7, 3, 8]
+    batches = cut_window(_ragged_window(lengths), "sequence", batch_size=2, by_length=False)
+    assert [b["targets"].tolist() for b in batches] == [[0, 1], [2, 3]]
+    assert [b["inputs"].shape[1] for b in batches] == [9, 7]
+    padded = sum(b["inputs"].shape[0] * b["inputs"].shape[1] for b in batches)
+    bucketed = cut_window(_ragged_window(lengths), "sequence", batch_size=2, by_length=True)
+    assert sum(b["inputs"].shape[0] * b["inputs"].shape[1] for b in bucketed) < padded

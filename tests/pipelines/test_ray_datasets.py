@@ -8,11 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray.data
 import torch
 
 from pipelines.collate import IGNORE_INDEX
 from pipelines.parquet import read_task_info, write_dataset
-from pipelines.ray_datasets import PaddingCollate, read_split
+from pipelines.ray_datasets import PaddingCollate, WindowCollate, read_split
+from pipelines.sources import ShardBatches
 from pipelines.synthetic import CopyMemory, rng_for
 
 pytestmark = pytest.mark.integration
@@ -75,3 +77,81 @@ def test_ragged_split_is_padded(tmp_path: Path) -> None:
             assert (batch["targets"][row, :length] == row_id % 3).all()
             assert (batch["targets"][row, length:] == IGNORE_INDEX).all()
             assert batch["scored"][row, :length].all() and not batch["scored"][row, length:].any()
+
+
+class _AllRows:
+    """A curriculum that admits every row."""
+
+    def keep(self, rng, difficulties):
+        return np.ones(len(difficulties), dtype=bool)
+
+
+def _write_ragged(directory: Path, rows: int, files: int) -> None:
+    """Sequence-classification rows of lengths 1..16 over several files; row i's inputs
+    hold i, so a batch names its rows."""
+    directory.mkdir()
+    per_file = rows // files
+    for part in range(files):
+        ids = range(part * per_file, (part + 1) * per_file)
+        pq.write_table(pa.table({
+            "inputs": pa.array([[[float(i)]] * (1 + i * 7 % 16) for i in ids],
+                               type=pa.list_(pa.list_(pa.float32()))),
+            "targets": pa.array([i % 2 for i in ids], type=pa.int64()),
+        }), directory / f"part-{part:05d}.parquet")
+
+
+def _stream(directory: Path, steps: int, position=None, window: int = 1,
+            seed: int = 7) -> tuple[list[list[int]], list[float], dict]:
+    """The row ids of `steps` training batches of 8 rows, each batch's padding
+    efficiency, and where the stream stands after them."""
+    split = read_split(directory)
+    batches = ShardBatches(split.iterator(), split.iterator(), 8, PaddingCollate("sequence"),
+                           WindowCollate("sequence", 8, by_length=window > 1), window,
+                           shuffle_rows=32, seed=seed, rank=0, position=position)
+    ids, efficiency = [], []
+    for step in range(steps):
+        batch = batches.train_batch(step + 1, _AllRows())
+        ids.append(batch["inputs"][:, 0, 0].int().tolist())
+        efficiency.append(float(batch["lengths"].sum() / batch["inputs"].shape[:2].numel()))
+    return ids, efficiency, batches.position()
+
+
+@pytest.fixture
+def ordered_reads():
+    """Ray Data in the order the files hold, as the driver sets it for training."""
+    context = ray.data.DataContext.get_current()
+    before, context.execution_options.preserve_order = (
+        context.execution_options.preserve_order, True)
+    yield
+    context.execution_options.preserve_order = before
+
+
+def test_shard_batches_shuffle_every_epoch_repeat_with_the_seed_and_resume_exactly(
+        tmp_path: Path, ordered_reads) -> None:
+    _write_ragged(tmp_path / "train", rows=64, files=4)  # 8 batches an epoch
+    ids, _, position = _stream(tmp_path / "train", 16)
+    assert position == {"epoch": 1, "taken": 8}
+    first, second = ids[:8], ids[8:]
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(64))
+    assert first != second  # every epoch has its own order
+    assert first != [list(range(i, i + 8)) for i in range(0, 64, 8)]  # not the files' order
+    assert _stream(tmp_path / "train", 16)[0] == ids  # the same seed repeats the run
+    assert _stream(tmp_path / "train", 8, seed=8)[0] != first
+
+    # A run stopped mid-epoch continues where it stood.
+    head, _, stopped = _stream(tmp_path / "train", 11)
+    assert stopped == {"epoch": 1, "taken": 3}
+    tail, _, _ = _stream(tmp_path / "train", 5, position=stopped)
+    assert head + tail == ids
+
+
+def test_length_bucketing_pads_less_and_resumes_exactly(tmp_path: Path, ordered_reads) -> None:
+    _write_ragged(tmp_path / "train", rows=64, files=4)
+    plain_ids, plain, _ = _stream(tmp_path / "train", 8)
+    bucketed_ids, bucketed, _ = _stream(tmp_path / "train", 8, window=8)  # a whole epoch
+    assert sorted(sum(bucketed_ids, [])) == list(range(64))  # an epoch is still every row
+    assert np.mean(bucketed) > np.mean(plain) + 0.2, (np.mean(bucketed), np.mean(plain))
+    assert _stream(tmp_path / "train", 16, window=8)[0][8:] != bucketed_ids  # reshuffled
+    head, _, stopped = _stream(tmp_path / "train", 6, window=8)
+    tail, _, _ = _stream(tmp_path / "train", 2, window=8, position=stopped)
+    assert head + tail == bucketed_ids

@@ -1,0 +1,146 @@
+"""Does length bucketing pay on ragged sequences?
+
+`rnn-orch`'s real training (`driver.train`: two Ray Train workers, Ray Data, validation,
+checkpoints, MLflow) trains an LSTM on Parquet rows of the adding problem whose lengths
+are spread evenly over [--min-len, --max-len], two ways on one local Ray:
+- padded: batches as the shuffled rows come (`task.bucket_batches=1`);
+- bucketed: the rows of --window batches sorted by length together, cut into batches,
+  taken in a shuffled order (`task.bucket_batches=WINDOW`).
+
+Both ways train on the same rows: the runs are whole epochs, so each trains every row
+the same number of times and only the padding differs. Throughput is real (unpadded)
+steps per second in the steady state: the extra real steps of the long run over its
+extra seconds, so start-up cancels out. Padding efficiency (real steps / computed steps)
+is the mean of the `padding_efficiency` the long run logged at every step. Exits non-zero
+when it could not measure.
+
+    .venv/bin/python benchmarks/bucketing.py                      # ~6 min on 2 cores
+    .venv/bin/python benchmarks/bucketing.py --out benchmarks/results/bucketing.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from machine import describe
+from mlflow.tracking import MlflowClient
+from timed_runs import extra_seconds
+
+from pipelines.synthetic import AddingProblem, rng_for
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--min-len", type=int, default=10)
+    parser.add_argument("--max-len", type=int, default=200)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64, help="rows per step on each worker")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--window", type=int, default=16,
+                        help="batches sorted by length together (task.bucket_batches)")
+    parser.add_argument("--epoch-steps", type=int, default=32,
+                        help="steps in one epoch of the data")
+    parser.add_argument("--epochs", type=int, nargs=2, default=[1, 3],
+                        help="the two run lengths, in epochs")
+    parser.add_argument("--out", type=Path, help="write the results as Markdown here")
+    args = parser.parse_args()
+    if args.epoch_steps % args.window:
+        sys.exit("--epoch-steps must be a multiple of --window, so no row is left over")
+    short, long = (epochs * args.epoch_steps for epochs in args.epochs)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        rows = args.epoch_steps * args.batch * args.workers
+        real_steps = write_ragged(root / "data", rows, args)
+        common = ["task.name=parquet", f"task.path={root / 'data'}",
+                  f"model.hidden_size={args.hidden}", f"train.batch_size={args.batch}",
+                  f"scaling.num_workers={args.workers}", f"train.eval_every={args.epoch_steps}",
+                  f"run.storage_path={root / 'runs'}", "tracking.experiment=bench",
+                  f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
+        ways = {"padded": 1, "bucketed": args.window}
+        ray.init(log_to_driver=False)
+        try:
+            results = {}
+            for way, window in ways.items():
+                seconds = extra_seconds([*common, f"task.bucket_batches={window}"], short, long)
+                efficiency = padding_efficiency(root / "mlflow.db", long, window)
+                results[way] = (real_steps * (args.epochs[1] - args.epochs[0]) / seconds,
+                                efficiency)
+        finally:
+            ray.shutdown()
+
+    lines = report(results, args, rows)
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+def write_ragged(directory: Path, rows: int, args) -> int:
+    """Training and validation rows of the adding problem, of lengths drawn evenly from
+    [min_len, max_len], as Parquet; returns the real steps of one training epoch."""
+    task, rng = AddingProblem(args.max_len), rng_for(0, 0, 0)
+    total = 0
+    for split, count in (("train", rows), ("val", 512)):
+        lengths = rng.integers(args.min_len, args.max_len + 1, size=count)
+        inputs, targets = [], []
+        for length in lengths:
+            row = task.generate(rng, 1, seq_len=int(length))
+            inputs.append(row["inputs"][0].tolist())
+            targets.append(row["targets"][0].tolist())
+        (directory / split).mkdir(parents=True)
+        pq.write_table(pa.table({
+            "inputs": pa.array(inputs, type=pa.list_(pa.list_(pa.float32()))),
+            "targets": pa.array(targets, type=pa.list_(pa.float32())),
+        }), directory / split / "part-00000.parquet")
+        if split == "train":
+            total = int(lengths.sum())
+    return total
+
+
+def padding_efficiency(store: Path, steps: int, window: int) -> float:
+    """Mean `padding_efficiency` over the steps of the way's run of `steps` steps."""
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("bench").experiment_id
+    runs = client.search_runs([experiment], filter_string=(
+        f"params.`train.steps` = '{steps}' and params.`task.bucket_batches` = '{window}'"))
+    if len(runs) != 1:
+        sys.exit(f"expected one run of {steps} steps with bucket_batches={window}, "
+                 f"found {len(runs)}")
+    history = client.get_metric_history(runs[0].info.run_id, "padding_efficiency")
+    return statistics.fmean(m.value for m in history)
+
+
+def report(results: dict[str, tuple[float, float]], args, rows: int) -> list[str]:
+    padded = results["padded"][0]
+    command = " ".join([".venv/bin/python benchmarks/bucketing.py", *sys.argv[1:]])
+    lines = [
+        "# Length bucketing on ragged sequences",
+        "",
+        f"- Machine: {describe()}",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Command: `{command}`",
+        f"- Model: LSTM H={args.hidden}, adding problem with lengths {args.min_len} to "
+        f"{args.max_len}, batch {args.batch} per worker, {args.workers} workers",
+        f"- Data: {rows} training rows ({args.epoch_steps} steps an epoch), shuffled every "
+        f"epoch; bucketed = task.bucket_batches={args.window}",
+        f"- Throughput: real steps/s in the steady state, from runs of {args.epochs[0]} and "
+        f"{args.epochs[1]} epochs (start-up cancels out)",
+        "",
+        "| way | padding efficiency | real steps/s | against padded |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {way} | {efficiency:.2f} | {speed:,.0f} | {speed / padded:.2f} |"
+              for way, (speed, efficiency) in results.items()]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
