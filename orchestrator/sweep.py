@@ -21,6 +21,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator
 
 from orchestrator import checkpoints, driver, sweep_report, tracking
 from orchestrator.config import Config
@@ -145,15 +146,22 @@ def to_tune(draw: Draw, algorithm: str):
 
 
 def tune_config(sweep: Sweep, base: Config) -> tune.TuneConfig:
-    search_alg = None
+    """Search seeded by the base config's `seed`, so a sweep file run again draws the same
+    trials (two sweeps that differ only in their scheduler then compare like for like).
+    Random and grid search use Tune's own generator, which limits concurrency itself:
+    Tune ignores `max_concurrent_trials` for a generator it was handed."""
+    concurrent = sweep.max_concurrent_trials or concurrent_trials(base)
     if sweep.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=base.seed)
+        search_alg, limit = OptunaSearch(seed=base.seed), concurrent
+    else:
+        search_alg = BasicVariantGenerator(max_concurrent=concurrent, random_state=base.seed)
+        limit = None
     return tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, search_alg=search_alg,
         scheduler=scheduler(sweep), num_samples=sweep.num_samples,
-        max_concurrent_trials=sweep.max_concurrent_trials or concurrent_trials(base),
+        max_concurrent_trials=limit,
         trial_name_creator=lambda trial: trial.trial_id,
         trial_dirname_creator=lambda trial: trial.trial_id,
     )

@@ -94,6 +94,8 @@ def plot_metric_by_key(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
                          edgecolors="C0")
         axis.set_xlabel(key)
         axis.set_ylabel(sweep.metric)
+        if sweep.metric.endswith("loss"):  # losses span decades; the good ones sit low
+            axis.set_yscale("log")
     figure.suptitle(f"{sweep.name}: {sweep.metric} by searched key (hollow: stopped early)")
     figure.savefig(path, dpi=100)
 

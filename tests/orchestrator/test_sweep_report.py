@@ -81,6 +81,35 @@ def test_optuna_searcher_suggests_values_inside_the_space(tmp_path):
         assert 8 <= values["model.hidden_size"] <= 32
 
 
+def test_random_search_draws_the_same_trials_for_the_same_seed(tmp_path):
+    from ray.tune.experiment import Experiment
+
+    from orchestrator.sweep import tune_config
+    from orchestrator.sweep_file import load_sweep
+
+    def draws(seed: int) -> list[dict]:
+        sweep = load_sweep(write(tmp_path, f"""
+            base: base.yaml
+            fixed: {{seed: {seed}}}
+            space:
+              optim.lr: {{loguniform: [1e-4, 1e-2]}}
+              model.cell: {{grid: [lstm, gru]}}
+            search: {{algorithm: random, num_samples: 3, max_concurrent_trials: 6}}
+            metric: val_loss
+            mode: min
+            """))
+        generator = tune_config(sweep, sweep.base).search_alg
+        space = {key: to_tune(draw, sweep.algorithm) for key, draw in sweep.space.items()}
+        generator.add_configurations(
+            [Experiment("draws", lambda config: None, config=space, num_samples=3)])
+        return [generator.next_trial().config for _ in range(6)]
+
+    first = draws(0)
+    assert len({trial["optim.lr"] for trial in first}) == 6
+    assert draws(0) == first
+    assert draws(1) != first
+
+
 def test_pbt_moves_listed_values_within_the_list():
     from ray.tune.schedulers.pbt import _explore
 
