@@ -22,7 +22,9 @@ class ModelSpec:
     the parameters, and default to off, so specs saved before they existed still load.
     ``vocab_size`` > 0 makes the inputs token ids (B, T) of a vocabulary that large,
     embedded into ``input_size`` features (a language model); 0 means the inputs are
-    features already (B, T, input_size).
+    features already (B, T, input_size). ``input_mean`` and ``input_std`` (one per
+    feature, empty = off) make the model normalize those features itself, so a logged or
+    served model takes raw inputs just as training read them.
     """
 
     cell: str
@@ -37,6 +39,8 @@ class ModelSpec:
     variational: bool = False
     weight_drop: float = 0.0
     vocab_size: int = 0
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
 
 class SequenceModel(nn.Module):
@@ -69,10 +73,21 @@ class SequenceModel(nn.Module):
         self.head = build_head(spec.head, spec.hidden_size, spec.output_size)
         self.embedding = (nn.Embedding(spec.vocab_size, spec.input_size)
                           if spec.vocab_size else None)
+        # Not weights: they come from the spec, stay out of state_dict (so checkpoints and
+        # transfer between runs with and without them agree) and follow the model's device.
+        self.register_buffer("input_mean", torch.tensor(spec.input_mean) if spec.input_mean
+                             else None, persistent=False)
+        self.register_buffer("input_scale", 1 / torch.tensor(spec.input_std)
+                             if spec.input_std else None, persistent=False)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The features the recurrent stack reads: token ids embedded, features as they are."""
-        return self.embedding(inputs) if self.embedding is not None else inputs
+        """The features the recurrent stack reads: token ids embedded, features normalized
+        when the spec says so, else as they are."""
+        if self.embedding is not None:
+            return self.embedding(inputs)
+        if self.input_mean is not None:
+            return (inputs - self.input_mean) * self.input_scale
+        return inputs
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None,
                 state=None, return_state: bool = False):

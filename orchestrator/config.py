@@ -76,6 +76,9 @@ class TaskConfig:
     bucket_batches: int = _key(1, "parquet task: length bucketing: the rows of this many "
                                   "batches are sorted by length together, cut into "
                                   "batches and taken in a shuffled order (1 = none)")
+    normalize_channels: bool = _key(False, "parquet task: scale each input channel to mean "
+                                           "0 and std 1 with the training split's statistics "
+                                           "(one pass over it at the start; kept in the model)")
     time_column: str = _key("", "timeseries: the column of timestamps (or integer steps)")
     targets: str = _key("", "timeseries: the columns to forecast (a list, or a, b)",
                        list=True)
@@ -131,6 +134,11 @@ class TaskConfig:
                 "holding train/ and val/ Parquet files (see `rnn-orch data make --help`)."
             )
         _positive(self, "bucket_batches")
+        if self.normalize_channels and self.name != "parquet":
+            raise ConfigError(f"task.normalize_channels is for task.name=parquet (labelled "
+                              f"sequences, rows of features); task.name is {self.name!r}"
+                              + (": use task.normalize for a timeseries." if
+                                 self.name == "timeseries" else "."))
         for key in ("num_classes", "shuffle_rows"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"task.{key} must be >= 0, got {getattr(self, key)}.")

@@ -42,7 +42,12 @@ from orchestrator.transfer import plan as transfer_plan
 from orchestrator.worker import Place, model_spec, train_loop_per_worker, validate
 from pipelines.errors import DataError
 from pipelines.labelled_sequences import read_classes
-from pipelines.parquet import TaskInfo, difficulty_quantiles, read_task_info
+from pipelines.parquet import (
+    TaskInfo,
+    channel_statistics,
+    difficulty_quantiles,
+    read_task_info,
+)
 from pipelines.ray_datasets import read_split
 from pipelines.synthetic import make_task
 from pipelines.tables import filesystem_of, parquet_shards, read_table
@@ -119,7 +124,8 @@ def _absolute(path: str) -> str:
 def task_info(config: Config, layout: ForecastLayout | None = None,
               text: TextLayout | None = None) -> TaskInfo:
     """The task's shape (input/output sizes, kind, baseline), checking user data up front.
-    A language model's baseline is the unigram model's validation loss."""
+    A language model's baseline is the unigram model's validation loss; Parquet data with
+    `task.normalize_channels` brings its training split's channel statistics."""
     if layout:
         return TaskInfo("regression", len(layout.features), layout.output_size)
     if text:
@@ -129,6 +135,9 @@ def task_info(config: Config, layout: ForecastLayout | None = None,
         root = Path(config.task.path)
         info = read_task_info(root / "train", config.task.num_classes or None)
         read_task_info(root / "val", config.task.num_classes or None)
+        if config.task.normalize_channels:
+            mean, std = channel_statistics(root / "train")
+            info = dataclasses.replace(info, input_mean=mean, input_std=std)
         return info
     return TaskInfo.of(make_task(config.task.name, config.task.seq_len))
 

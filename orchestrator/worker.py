@@ -165,6 +165,7 @@ def model_spec(config: Config, info: TaskInfo) -> ModelSpec:
         head=info.kind, output_size=info.output_size, input_dropout=m.input_dropout,
         output_dropout=m.output_dropout, variational=m.variational, weight_drop=m.weight_drop,
         vocab_size=info.input_size if text else 0,
+        input_mean=tuple(info.input_mean), input_std=tuple(info.input_std),
     )
 
 

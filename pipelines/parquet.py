@@ -37,12 +37,16 @@ _TARGETS_TYPES = "list<float> (regression), list<int> (per_step) or int (sequenc
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What a dataset needs from the model; baseline is None when nobody knows it."""
+    """What a dataset needs from the model; baseline is None when nobody knows it.
+    `input_mean` and `input_std` (one per input channel, empty when off) are the training
+    split's statistics the model normalizes its inputs with (`task.normalize_channels`)."""
 
     kind: str
     input_size: int
     output_size: int
     baseline: float | None = None
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, task: SyntheticTask) -> TaskInfo:
@@ -160,6 +164,41 @@ def difficulty_quantiles(split_dir: str | Path, column: str) -> list[int]:
     quantiles = pc.quantile(values, q=np.linspace(0.0, 1.0, 101).tolist(),
                             interpolation="lower")
     return [int(value) for value in quantiles.to_pylist()]
+
+
+def channel_statistics(split_dir: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and standard deviation of each input channel over every step of every row of
+    a split, read file by file in record batches (float64 sums, so memory stays bounded
+    and the figures repeat exactly). A channel that never varies gets std 1: it is only
+    shifted. A non-finite value is refused, naming its file: it would turn every
+    normalized input into NaN."""
+    count, total, squares = 0, 0.0, 0.0
+    for path in split_files(split_dir):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["inputs"]):
+            steps = pc.list_flatten(batch.column("inputs"))
+            if len(steps) == 0:
+                continue
+            widths = pc.min_max(pc.list_value_length(steps)).as_py()
+            if widths["min"] != widths["max"]:
+                raise DataError(f"{path}: the steps in column `inputs` hold between "
+                                f"{widths['min']} and {widths['max']} features; expected the "
+                                "same number in every step.")
+            values = pc.list_flatten(steps).to_numpy(zero_copy_only=False)
+            values = values.astype(np.float64).reshape(len(steps), widths["max"])
+            if not np.isfinite(values).all():
+                raise DataError(f"{path}: column `inputs` holds NaN or infinite values, so "
+                                "task.normalize_channels cannot fit the channels' statistics; "
+                                "expected finite numbers (clean the data or leave the key off).")
+            count += len(values)
+            total = total + values.sum(axis=0)
+            squares = squares + (values ** 2).sum(axis=0)
+    if count == 0:
+        raise DataError(f"{split_dir}: no steps in column `inputs`; expected at least one "
+                        "to fit task.normalize_channels on.")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def read_task_info(split_dir: str | Path, num_classes: int | None = None) -> TaskInfo:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import driver
 from orchestrator.config import Config, apply_overrides
 from pipelines.labelled_sequences import fetch_archive
-from pipelines.parquet import write_dataset
+from pipelines.parquet import channel_statistics, write_dataset
 from pipelines.synthetic import make_task, validation_set
 
 pytestmark = pytest.mark.integration
@@ -65,11 +65,12 @@ def test_a_classifier_of_real_recordings_trains_from_parquet_shards(ray_address,
     """JapaneseVowels (12 speech channels, 7 to 29 steps, 9 speakers), converted from
     sktime's wheel into four Parquet shards per split, read through Ray Data by two
     workers: the classifier beats always answering the majority class by far, and the
-    test split is scored with macro-F1 and drawn as a confusion matrix."""
+    test split is scored with macro-F1 and drawn as a confusion matrix. Its channels are
+    normalized with the training split's statistics, which the logged model keeps."""
     fetch_archive("japanese_vowels", workdir / "vowels")
     config = tiny_config("task.name=parquet", f"task.path={workdir / 'vowels'}",
                          "model.cell=gru", "train.steps=60", "train.eval_every=30",
-                         "train.checkpoint_every=30")
+                         "train.checkpoint_every=30", "task.normalize_channels=true")
     outcome = driver.train(config)
 
     client = MlflowClient(config.tracking.uri)
@@ -80,6 +81,11 @@ def test_a_classifier_of_real_recordings_trains_from_parquet_shards(ray_address,
     assert 0.3 < metrics["test_macro_f1"] <= 1 and 0.3 < metrics["val_macro_f1"] <= 1
     plots = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
     assert plots == {"plots/confusion_matrix_test.png"}
+    mlflow.set_tracking_uri(config.tracking.uri)
+    model = mlflow.pytorch.load_model(outcome.model_uri)
+    mean, std = channel_statistics(workdir / "vowels" / "train")
+    assert model.spec.input_mean == mean and model.spec.input_std == std
+    assert len(mean) == 12 and max(abs(m) for m in mean) > 0.1  # raw channels are off-centre
 
 
 def test_progress_driven_curriculum_rises_and_ranks_agree(ray_address, workdir):

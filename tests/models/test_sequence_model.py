@@ -169,3 +169,15 @@ def test_state_dict_round_trip_rebuilds_the_trained_model(cell):
     with torch.no_grad():
         torch.testing.assert_close(loaded(inputs, lengths), model(inputs, lengths),
                                    atol=0, rtol=0)
+
+
+def test_input_statistics_in_the_spec_normalize_every_channel():
+    mean, std = (0.5, -1.0, 2.0), (2.0, 0.5, 4.0)
+    plain = build_model(spec())
+    normalizing = build_model(dataclasses.replace(spec(), input_mean=mean, input_std=std))
+    normalizing.load_state_dict(plain.state_dict())  # the statistics are not weights
+    inputs, lengths = batch()
+    with torch.no_grad():
+        expected = plain((inputs - torch.tensor(mean)) / torch.tensor(std), lengths)
+        torch.testing.assert_close(normalizing(inputs, lengths), expected)
+    assert set(normalizing.state_dict()) == set(plain.state_dict())

@@ -177,6 +177,14 @@ def test_parquet_task_needs_a_path(tmp_path):
     assert config.task.path == "data/x"
 
 
+def test_channel_normalization_is_for_parquet_tasks(tmp_path):
+    message = error_of(tmp_path, overrides=["task.normalize_channels=true"])
+    assert "task.normalize_channels" in message and "parquet" in message
+    config = load_config(write(tmp_path, "{}"), ["task.name=parquet", "task.path=data/x",
+                                                 "task.normalize_channels=true"])
+    assert config.task.normalize_channels
+
+
 def test_dropout_out_of_range(tmp_path):
     assert "model.dropout" in error_of(tmp_path, overrides=["model.dropout=1.0"])
 

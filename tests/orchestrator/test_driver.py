@@ -43,3 +43,17 @@ def test_a_crash_in_a_worker_becomes_one_paragraph():
     assert str(error).startswith(
         "training failed on a worker: FileNotFoundError: /data/x.parquet: no such file (")
     assert "\n" not in str(error)
+
+
+def test_task_info_carries_the_training_split_statistics_when_asked(tmp_path):
+    from pipelines.parquet import channel_statistics, write_dataset
+    from pipelines.synthetic import make_task
+
+    write_dataset(make_task("adding", 8), tmp_path / "data", rows=64, val_rows=16, seed=0)
+    overrides = ["task.name=parquet", f"task.path={tmp_path / 'data'}"]
+    plain = driver.task_info(apply_overrides(Config(), overrides))
+    assert plain.input_mean == plain.input_std == ()
+    info = driver.task_info(apply_overrides(Config(), [*overrides,
+                                                       "task.normalize_channels=true"]))
+    assert (info.input_mean, info.input_std) == channel_statistics(tmp_path / "data" / "train")
+    assert len(info.input_mean) == info.input_size == 2

@@ -13,6 +13,7 @@ from pipelines.errors import DataError
 from pipelines.parquet import (
     METADATA_KEY,
     TaskInfo,
+    channel_statistics,
     difficulty_quantiles,
     read_task_info,
     write_dataset,
@@ -161,3 +162,32 @@ def test_difficulty_column_must_exist_and_be_integer(tmp_path):
         path.unlink()
     with pytest.raises(DataError, match="expected an integer per row"):
         difficulty_quantiles(split, "rank")
+
+
+def test_channel_statistics_are_those_of_every_step_of_the_split(tmp_path: Path) -> None:
+    _write(tmp_path / "train", {"inputs": _INPUTS, "targets": pa.array([1, 0])})
+    second = pa.array([[[7.0, 4.0], [5.0, 4.0]]], type=pa.list_(pa.list_(pa.float32())))
+    pq.write_table(pa.table({"inputs": second, "targets": pa.array([1])}),
+                   tmp_path / "train" / "part-00001.parquet")
+    steps = np.array([[0.5, 1.0], [1.5, 2.0], [3.0, 4.0], [7.0, 4.0], [5.0, 4.0]])
+    mean, std = channel_statistics(tmp_path / "train")
+    np.testing.assert_allclose(mean, steps.mean(axis=0))
+    np.testing.assert_allclose(std, steps.std(axis=0))
+
+
+def test_channel_statistics_leave_a_constant_channel_unscaled_and_refuse_bad_steps(
+        tmp_path: Path) -> None:
+    flat = pa.array([[[2.0, 1.0], [2.0, 5.0]]], type=pa.list_(pa.list_(pa.float32())))
+    _write(tmp_path / "flat", {"inputs": flat, "targets": pa.array([0])})
+    mean, std = channel_statistics(tmp_path / "flat")
+    assert mean == (2.0, 3.0) and std == (1.0, 2.0)  # channel 0 never varies
+    bad = pa.array([[[2.0, float("nan")]]], type=pa.list_(pa.list_(pa.float32())))
+    path = _write(tmp_path / "bad", {"inputs": bad, "targets": pa.array([0])})
+    with pytest.raises(DataError, match="task.normalize_channels") as error:
+        channel_statistics(tmp_path / "bad")
+    assert str(path) in str(error.value)
+    ragged = pa.array([[[2.0, 1.0], [2.0]]], type=pa.list_(pa.list_(pa.float32())))
+    path = _write(tmp_path / "ragged", {"inputs": ragged, "targets": pa.array([0])})
+    with pytest.raises(DataError, match="between 1 and 2 features") as error:
+        channel_statistics(tmp_path / "ragged")
+    assert str(path) in str(error.value)
