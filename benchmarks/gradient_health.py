@@ -41,7 +41,8 @@ from orchestrator.config import Config, load_config
 from orchestrator.diagnostics import MATRIX_FILE, Diagnostics, read_matrix, save_figure
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
-from orchestrator.worker import Place, clip_gradients, forward_backward, model_spec
+from orchestrator.training_step import Place, clip_gradients, forward_backward
+from orchestrator.worker import model_spec
 from pipelines.parquet import TaskInfo
 from pipelines.synthetic import make_task, rng_for
 

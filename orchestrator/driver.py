@@ -37,9 +37,10 @@ from orchestrator.forecaster import Forecaster
 from orchestrator.language_model import TextObjective
 from orchestrator.metric_logger import SPOOL_DIR, Spool, spool_directory
 from orchestrator.progress import ProgressPrinter, board_on_this_node
+from orchestrator.training_step import Place
 from orchestrator.transfer import Freezer, TransferPlan, load_source
 from orchestrator.transfer import plan as transfer_plan
-from orchestrator.worker import Place, model_spec, train_loop_per_worker, validate
+from orchestrator.worker import model_spec, train_loop_per_worker, validate
 from pipelines.errors import DataError
 from pipelines.labelled_sequences import read_classes
 from pipelines.parquet import (

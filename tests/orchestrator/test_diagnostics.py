@@ -21,7 +21,8 @@ from orchestrator.diagnostics import (
     read_matrix,
     saturation,
 )
-from orchestrator.worker import Place, make_diagnostics
+from orchestrator.training_step import Place
+from orchestrator.worker import make_diagnostics
 from pipelines.parquet import TaskInfo
 from pipelines.synthetic import make_task, rng_for
 

@@ -11,7 +11,8 @@ import torch
 
 from models import CELL_NAMES, ModelSpec, build_model
 from orchestrator.language_model import CarriedState, TextObjective, sample
-from orchestrator.worker import Place, gather_carried, make_carried_state, validate
+from orchestrator.training_step import Place
+from orchestrator.worker import gather_carried, make_carried_state, validate
 from pipelines.errors import DataError
 from pipelines.text import Vocabulary, in_chunks, streams
 

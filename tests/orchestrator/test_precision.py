@@ -19,7 +19,7 @@ from orchestrator.config import Config, ConfigError, apply_overrides
 from orchestrator.guard import DivergenceGuard
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision, cpu_runs_bf16_lstm
-from orchestrator.worker import Place, clip_gradients, forward_backward, judge
+from orchestrator.training_step import Place, clip_gradients, forward_backward, judge
 from pipelines.synthetic import make_task, rng_for
 
 REGRESSION = objectives.of("regression")

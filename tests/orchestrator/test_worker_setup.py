@@ -61,3 +61,12 @@ def test_the_training_loop_leaves_mlflow_to_rank_0():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).parents[2])
     assert result.stdout.strip() == "False"
+
+
+def test_the_training_step_runs_without_ray():
+    """A machine with torch alone (a GPU box, a notebook) can run and time the step."""
+    code = ("import sys, orchestrator.training_step; "
+            "print(sorted({'ray', 'mlflow'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).parents[2])
+    assert result.stdout.strip() == "[]"
