@@ -94,10 +94,18 @@ def time_round_robin(steps: dict[str, Callable[[torch.Tensor], None]], inputs: t
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
+            finish_gpu_work()
             start = time.perf_counter()
             step(inputs)
+            finish_gpu_work()
             seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def finish_gpu_work() -> None:
+    """Wait for the GPU's queued kernels, so a step's time is its kernels' (no-op on CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def header(args: argparse.Namespace) -> str:

@@ -45,17 +45,19 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru"])
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (cuDNN's kernels)")
     parser.add_argument("--out", type=Path, help="write the results as Markdown here")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     lengths = np.random.default_rng(0).integers(args.min_len, args.max_len + 1,
                                                 size=args.window * args.batch)
-    layouts = {"shuffled": batches_of(lengths, args), "bucketed": batches_of(
-        np.sort(lengths), args)}
+    device = torch.device(args.device)
+    layouts = {"shuffled": batches_of(lengths, args, device), "bucketed": batches_of(
+        np.sort(lengths), args, device)}
     lines = header(args, lengths)
     for cell in args.cells:
-        rnn = build_recurrent(cell, args.features, args.hidden, 1, dropout=0.0)
+        rnn = build_recurrent(cell, args.features, args.hidden, 1, dropout=0.0).to(device)
         ways = {f"{how}, {layout}": epoch_of(rnn, batches, packed=how == "packed")
                 for layout, batches in layouts.items() for how in ("padded", "packed")}
         seconds = time_round_robin(ways, None, warmup=1, repeats=args.repeats)
@@ -65,14 +67,16 @@ def main() -> None:
         args.out.write_text("\n".join(lines) + "\n")
 
 
-def batches_of(lengths: np.ndarray, args) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs padded to the batch's longest row, lengths) of each batch of `lengths`."""
+def batches_of(lengths: np.ndarray, args,
+               device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs padded to the batch's longest row, on `device`; lengths, on the host, where
+    packing reads them) of each batch of `lengths`."""
     batches = []
     for start in range(0, len(lengths), args.batch):
         rows = torch.from_numpy(lengths[start:start + args.batch])
         inputs = torch.randn(len(rows), int(rows.max()), args.features)
         inputs[torch.arange(inputs.shape[1]) >= rows[:, None]] = 0.0
-        batches.append((inputs, rows))
+        batches.append((inputs.to(device), rows))
     return batches
 
 
@@ -87,7 +91,8 @@ def epoch_of(rnn: torch.nn.Module, batches, packed: bool) -> Callable[[None], No
                 outputs, _ = pad_packed_sequence(rnn(sequence)[0], batch_first=True)
             else:
                 outputs, _ = rnn(inputs)
-            last = outputs[torch.arange(len(lengths)), lengths - 1]
+            rows = torch.arange(len(lengths), device=outputs.device)
+            last = outputs[rows, lengths.to(outputs.device) - 1]
             last.square().mean().backward()
             rnn.zero_grad(set_to_none=True)
 
@@ -101,6 +106,9 @@ def header(args, lengths: np.ndarray) -> list[str]:
         "",
         f"- Machine: {describe()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op threads",
+        f"- Device: {args.device}" + (f" ({torch.cuda.get_device_name()}, cuDNN "
+                                       f"{torch.backends.cudnn.version()})"
+                                       if args.device.startswith("cuda") else ""),
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Command: `{command}`",
         f"- Rows: {len(lengths)} of lengths {args.min_len} to {args.max_len} "

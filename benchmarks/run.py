@@ -7,7 +7,8 @@ it could not measure. This runner runs them one after another (never two at once
 would steal the other's cores), prints what each prints, and then writes RESULTS.md from
 every results file, the ones made now and the ones kept from earlier runs, each under its
 own date and command. A benchmark that fails keeps its earlier results, marked as such,
-and makes the runner exit non-zero.
+and makes the runner exit non-zero; one that needs a GPU is skipped on a machine without
+one, its earlier results kept.
 
     .venv/bin/python benchmarks/run.py                    # all of them: hours on 2 cores
     .venv/bin/python benchmarks/run.py overhead cells     # some of them
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from machine import describe
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +45,7 @@ class Benchmark:
     script: str = ""  # benchmarks/<name>.py unless given
     minutes: int = 5  # about, on 2 cores
     data: str = ""  # a dataset it reads: `rnn-orch data fetch` puts it in data/<name> first
+    gpu: bool = False  # needs a CUDA device: skipped (earlier results kept) without one
 
     @property
     def results(self) -> Path:
@@ -69,6 +72,11 @@ BENCHMARKS = (
               "batches", (), minutes=9),
     Benchmark("packed_sequences", "packed against padded and bucketed batches",
               ("--repeats", "3", "--window", "8"), minutes=5),
+    Benchmark("gpu_step", "on a GPU: rnn-orch's step against a plain loop, per cell and "
+              "precision", (), minutes=3, gpu=True),
+    Benchmark("packed_sequences_cuda", "on a GPU: packed against padded and bucketed "
+              "batches (cuDNN)", ("--device", "cuda", "--repeats", "3", "--window", "8"),
+              script="packed_sequences.py", minutes=1, gpu=True),
     Benchmark("forecast_pipeline", "the forecasting window pipeline: throughput and "
               "memory", ("--rows", "200000", "--series", "4", "--features", "3",
                          "--input-len", "168", "--horizon", "24", "--batch", "64",
@@ -104,7 +112,7 @@ def main() -> None:
     by_name = {benchmark.name: benchmark for benchmark in BENCHMARKS}
     if args.list:
         for b in BENCHMARKS:
-            print(f"{b.name:18} ~{b.minutes:>2} min  {b.question}")
+            print(f"{b.name:22} ~{b.minutes:>2} min  {b.question}")
         return
     unknown = [name for name in args.names if name not in by_name]
     if unknown:
@@ -112,7 +120,12 @@ def main() -> None:
     chosen = [] if args.gather else [by_name[name] for name in args.names] or list(BENCHMARKS)
 
     outcome: dict[str, str] = {}
+    has_gpu = torch.cuda.is_available()
     for benchmark in chosen:
+        if benchmark.gpu and not has_gpu:
+            outcome[benchmark.name] = "not run: needs a CUDA device"
+            print(f"\n=== {benchmark.name}: {outcome[benchmark.name]}", flush=True)
+            continue
         print(f"\n=== {benchmark.name} (about {benchmark.minutes} min): "
               f"{' '.join(benchmark.command()[1:])}", flush=True)
         started = time.monotonic()

@@ -57,8 +57,9 @@ class SequenceModel(nn.Module):
 
     No packing: the RNN is unidirectional, so outputs before a row's length are the
     same whatever padding follows, and the heads read only those (see ``models.heads``).
-    On CPU, torch's fused cells ran 2.6 to 8 times slower on packed batches than on padded
-    ones (benchmarks/packed_sequences.py); length bucketing is what cuts the padding.
+    Torch's fused cells ran 2.6 to 8 times slower on packed batches than on padded ones on
+    CPU, and about twice as slow with cuDNN on a GPU (benchmarks/packed_sequences.py);
+    length bucketing is what cuts the padding.
     """
 
     def __init__(self, spec: ModelSpec) -> None:

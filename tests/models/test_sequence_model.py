@@ -96,7 +96,10 @@ def test_pickle_round_trip(cell):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cell", CELL_NAMES)
-def test_cuda_matches_cpu(cell):
+def test_cuda_matches_cpu(cell, monkeypatch):
+    # In float32 proper: torch lets cuDNN's recurrent kernels use TF32 by default, which on
+    # an H200 moved outputs by up to 6e-4 (rnn_relu); without it they agree to 1e-6.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = build_model(spec(cell, "sequence")).eval()
     inputs, lengths = batch()
     with torch.no_grad():
