@@ -21,7 +21,6 @@ when it could not measure.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from machine import describe
+from machine import results_header
 from mlflow.tracking import MlflowClient
 from timed_runs import extra_seconds
 
@@ -120,13 +119,8 @@ def padding_efficiency(store: Path, steps: int, window: int) -> float:
 
 def report(results: dict[str, tuple[float, float]], args, rows: int) -> list[str]:
     padded = results["padded"][0]
-    command = " ".join([".venv/bin/python benchmarks/bucketing.py", *sys.argv[1:]])
     lines = [
-        "# Length bucketing on ragged sequences",
-        "",
-        f"- Machine: {describe()}",
-        f"- Date: {datetime.date.today().isoformat()}",
-        f"- Command: `{command}`",
+        *results_header("Length bucketing on ragged sequences"),
         f"- Model: LSTM H={args.hidden}, adding problem with lengths {args.min_len} to "
         f"{args.max_len}, batch {args.batch} per worker, {args.workers} workers",
         f"- Data: {rows} training rows ({args.epoch_steps} steps an epoch), shuffled every "

@@ -3,8 +3,10 @@ noisy machines only mean something next to the hardware that made them."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -23,3 +25,11 @@ def describe() -> str:
         memory = f", {int(total_kb) / 1e6:.0f} GB RAM"
     return (f"{model}, {os.cpu_count()} CPU cores{memory}, {platform.system()}, "
             f"Python {platform.python_version()}")
+
+
+def results_header(title: str) -> list[str]:
+    """A results file's first lines: its title, then the machine, the date and the command
+    that made it (this script and its arguments)."""
+    command = " ".join([f".venv/bin/python benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return [f"# {title}", "", f"- Machine: {describe()}",
+            f"- Date: {datetime.date.today().isoformat()}", f"- Command: `{command}`"]

@@ -31,7 +31,6 @@ not measure.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import socket
 import sys
@@ -45,7 +44,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from machine import describe
+from machine import results_header
 from mlflow.tracking import MlflowClient
 
 from models.sequence_model import build_model
@@ -221,13 +220,8 @@ def report(throughput: dict[str, float], measured: dict[str, list[float]],
            args) -> list[str]:
     plain, ddp = throughput["plain"], throughput["plain DDP (2 processes)"]
     one, two = throughput["rnn-orch, 1 worker"], throughput["rnn-orch, 2 workers"]
-    command = " ".join([".venv/bin/python benchmarks/overhead.py", *sys.argv[1:]])
     lines = [
-        "# rnn-orch against a hand-written PyTorch loop, one process and two",
-        "",
-        f"- Machine: {describe()}",
-        f"- Date: {datetime.date.today().isoformat()}",
-        f"- Command: `{command}`",
+        *results_header("rnn-orch against a hand-written PyTorch loop, one process and two"),
         f"- Model: {args.cell} H={args.hidden}, adding problem T={args.seq_len}, batch "
         f"{args.batch} per process, one intra-op thread per process",
         f"- Every way trains {args.steps} steps and is timed from the end of step "

@@ -22,13 +22,12 @@ could not measure.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import tempfile
 from pathlib import Path
 
 import ray
-from machine import describe
+from machine import results_header
 from timed_runs import extra_seconds
 
 from pipelines.parquet import write_dataset
@@ -88,13 +87,8 @@ def measure(overrides: list[str], short: int, long: int, args) -> float:
 
 def report(throughput: dict[str, float], args, rows: int) -> list[str]:
     memory = throughput["memory"]
-    command = " ".join([".venv/bin/python benchmarks/parquet_pipeline.py", *sys.argv[1:]])
     lines = [
-        "# Parquet through Ray Data against batches made in memory",
-        "",
-        f"- Machine: {describe()}",
-        f"- Date: {datetime.date.today().isoformat()}",
-        f"- Command: `{command}`",
+        *results_header("Parquet through Ray Data against batches made in memory"),
         f"- Model: LSTM H={args.hidden}, adding problem T={args.seq_len}, batch {args.batch} "
         f"per worker, {args.workers} workers; validation every {args.eval_every} steps",
         f"- Parquet data: {rows} training rows ({args.epoch_steps} steps an epoch), "

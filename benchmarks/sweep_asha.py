@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
-from machine import describe
+from machine import describe, results_header
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,13 +115,8 @@ def copy_report(where: Path, plots: Path, seconds: float) -> None:
 
 def report(results: dict[str, dict]) -> list[str]:
     asha, fifo = results.values()
-    command = " ".join([".venv/bin/python benchmarks/sweep_asha.py", *sys.argv[1:]])
     lines = [
-        "# Sweep with ASHA against the same sweep without early stopping",
-        "",
-        f"- Machine: {describe()}",
-        f"- Date: {datetime.date.today().isoformat()}",
-        f"- Command: `{command}`",
+        *results_header("Sweep with ASHA against the same sweep without early stopping"),
         "- Sweep: `configs/sweeps/adding_stability.yaml`, 12 trials (3 cells x 2 clipping "
         "policies x 2 curricula, a random clip threshold each), 1500 steps a trial, "
         "two trials at a time",
