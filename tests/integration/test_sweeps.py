@@ -148,6 +148,48 @@ def test_pbt_sweep_copies_weights_between_trials(cli_env, workdir):
     assert warmups[50] in (50, 150)  # a curriculum key mutated too
 
 
+def test_pbt_continuation_keeps_what_the_guard_lowered_and_a_copy_takes_new_values(
+        cli_env, workdir):
+    """Both trials start at learning rates that blow a ReLU RNN up, so the divergence guard
+    rolls each back and halves its rate a few times. At step 50 PBT restarts the better
+    trial from its own checkpoint, and it goes on at the rate the guard left; the worse
+    one copies it and trains at the rate PBT drew for it (the giver's configured rate,
+    perturbed, or a new draw from the mutation's range)."""
+    sweep = write_sweep(workdir, """
+        name: pbt-guard
+        base: base.yaml
+        fixed: {model.cell: rnn_relu, clip.policy: none, guard.max_rollbacks: 30}
+        space:
+          optim.lr: {grid: [2.0, 4.0]}
+        metric: val_loss
+        mode: min
+        scheduler:
+          name: pbt
+          perturbation_interval: 50
+          quantile_fraction: 0.5
+          mutations:
+            optim.lr: {loguniform: [0.001, 0.02]}
+        """)
+    result = tune([sweep], cli_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    client, _, children = runs_of(workdir)
+    rates = {c.data.tags["rnn_orch.trial_id"]: {m.step: m.value for m in
+                                                client.get_metric_history(c.info.run_id, "lr")}
+             for c in children}
+    drawn = {c.data.tags["rnn_orch.trial_id"]: {m.step: m.value for m in
+                                                client.get_metric_history(c.info.run_id,
+                                                                          "pbt.optim.lr")}
+             for c in children}
+    (taker,) = [c.data.tags["rnn_orch.trial_id"] for c in children
+                if "pbt.exploit.00000050" in c.data.tags]
+    (giver,) = set(rates) - {taker}
+    assert rates[giver][50] < drawn[giver][0], "the guard lowered the rate before step 50"
+    assert rates[giver][51] == rates[giver][50], "its own continuation keeps that rate"
+    assert rates[taker][51] == pytest.approx(drawn[taker][50]), "a copy takes PBT's new rate"
+    assert rates[taker][51] != rates[giver][50], "not the rate the guard left to the giver"
+
+
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(cli_env, workdir):
     sweep = write_sweep(workdir, """
         name: resumable
