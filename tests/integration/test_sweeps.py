@@ -47,6 +47,14 @@ def tune(args: list[str], env: dict, timeout: int = 400) -> subprocess.Completed
                     f"{(exc.stdout or b'').decode()[-3000:]}{(exc.stderr or b'').decode()[-3000:]}")
 
 
+def by_trial(client: MlflowClient, children, key: str) -> dict[str, dict[int, float]]:
+    """{trial id: {step: value}} of one metric of every trial."""
+    return {child.data.tags["rnn_orch.trial_id"]: {m.step: m.value for m in
+                                                   client.get_metric_history(child.info.run_id,
+                                                                             key)}
+            for child in children}
+
+
 def runs_of(workdir: Path):
     """(client, parent run, child runs) of the one sweep in the store."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -174,13 +182,7 @@ def test_pbt_continuation_keeps_what_the_guard_lowered_and_a_copy_takes_new_valu
     assert result.returncode == 0, result.stdout + result.stderr
 
     client, _, children = runs_of(workdir)
-    rates = {c.data.tags["rnn_orch.trial_id"]: {m.step: m.value for m in
-                                                client.get_metric_history(c.info.run_id, "lr")}
-             for c in children}
-    drawn = {c.data.tags["rnn_orch.trial_id"]: {m.step: m.value for m in
-                                                client.get_metric_history(c.info.run_id,
-                                                                          "pbt.optim.lr")}
-             for c in children}
+    rates, drawn = (by_trial(client, children, key) for key in ("lr", "pbt.optim.lr"))
     (taker,) = [c.data.tags["rnn_orch.trial_id"] for c in children
                 if "pbt.exploit.00000050" in c.data.tags]
     (giver,) = set(rates) - {taker}
