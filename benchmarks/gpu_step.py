@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cells import FUSED_REFERENCE
 
 from models import ModelSpec, build_model
 from orchestrator import objectives
@@ -47,7 +48,7 @@ from orchestrator.training_step import (
 from pipelines.synthetic import AddingProblem
 
 TARGET = 0.95
-FUSED = ("lstm", "gru")
+FUSED = frozenset(FUSED_REFERENCE.values())  # lstm, gru
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -184,10 +185,8 @@ def report(rows: list[tuple[str, str, float, float]], args) -> list[str]:
         "|---|---|---:|---:|---:|---:|",
     ]
     fp32 = {cell: orch for cell, precision, _, orch in rows if precision == "fp32"}
-    family = {"lstm": "lstm", "gru": "gru", "ln_lstm": "lstm", "ln_gru": "gru",
-              "bn_lstm": "lstm"}
     for cell, precision, plain, orch in rows:
-        reference = fp32.get(family[cell])
+        reference = fp32.get(FUSED_REFERENCE[cell])
         against = f"{orch / reference:.2f}" if reference else ""
         lines.append(f"| {cell} | {precision} | {plain:,.0f} | {orch:,.0f} | "
                      f"{orch / plain:.2f} | {against} |")

@@ -28,11 +28,12 @@ import yaml
 from machine import describe, results_header
 from mlflow.tracking import MlflowClient
 
+from orchestrator.sweep import STOPPED_TAG
+from orchestrator.tracking import PARENT_TAG
+
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "configs" / "sweeps" / "adding_stability.yaml"
 RNN_ORCH = str(Path(sys.executable).with_name("rnn-orch"))
-STOPPED_TAG = "rnn_orch.stopped_early"  # orchestrator.sweep.STOPPED_TAG
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def main() -> None:
