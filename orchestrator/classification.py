@@ -43,8 +43,7 @@ def batches(split_dir: Path) -> Iterator[dict[str, torch.Tensor]]:
     for file in split_files(split_dir):
         for part in pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS,
                                                       columns=["inputs", "targets"]):
-            columns = {name: part.column(name).to_numpy(zero_copy_only=False)
-                       for name in ("inputs", "targets")}
+            columns = {name: part.column(name) for name in ("inputs", "targets")}
             yield to_torch(pad_batch(columns, "sequence"))
 
 

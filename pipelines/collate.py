@@ -11,18 +11,21 @@ The training loop only ever sees one layout (batch-first, padded, with true leng
     row 0: x x x x x x      lengths[0] = 6
     row 1: x x x . . .      lengths[1] = 3   (. = padding)
 
-Parquet rows have their own lengths, and Ray Data hands a `list<...>` column over as an
-object array holding one array per row (a `list<list<...>>` column as an object array of
-object arrays, one per step). `pad_batch` turns such columns into the layout above; it
-is plain numpy, so it is tested without Ray, and `ray_datasets.PaddingCollate` only wraps it.
+Parquet rows have their own lengths. They arrive as Arrow `list<...>` columns (a row's
+steps) or `list<list<...>>` columns (a row's steps of several features), and are padded
+straight from Arrow's offsets and flattened values: no Python object per row or step.
+Generators hand ragged rows over as a sequence of per-row arrays. `pad_batch` turns
+either into the layout above without Ray, so it is tested alone; the collates of
+`ray_datasets` only wrap it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import chain
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 IGNORE_INDEX = -100
@@ -42,47 +45,72 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def pad_rows(rows: np.ndarray, *, fill: float | int | bool, dtype: type, name: str
-             ) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(rows: np.ndarray | pa.Array | pa.ChunkedArray, *, fill: float | int | bool,
+             dtype: type, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Pad per-row arrays of shape (T_i, ...) into one (B, max T_i, ...) array.
 
-    `rows` is either already rectangular (a numeric ndarray, every row full length) or a
-    sequence of rows as Ray Data yields them. Returns the padded array and the int64
-    row lengths. The copy is one concatenate and one masked assignment, not a Python
-    loop over steps, because this runs for every training batch.
+    `rows` is an Arrow list column (Parquet rows), a numeric ndarray already rectangular
+    (every row full length), or a sequence of per-row arrays (a generator's ragged rows).
+    Returns the padded array and the int64 row lengths. The copy is one masked assignment,
+    not a Python loop over steps, because this runs for every training batch.
     """
     if isinstance(rows, np.ndarray) and rows.dtype != object:
         if rows.ndim < 2:
             raise ValueError(f"Column `{name}` must hold one sequence per row; got a flat "
                              f"array of shape {rows.shape}.")
         return rows.astype(dtype, copy=False), np.full(len(rows), rows.shape[1], np.int64)
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    if len(rows) == 0 or lengths.min() == 0:
+    arrow = isinstance(rows, pa.Array | pa.ChunkedArray)
+    if arrow:
+        rows = _arrow_rows(rows, name)
+        lengths = pc.list_value_length(rows).to_numpy().astype(np.int64)
+    else:
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    if len(lengths) == 0 or lengths.min() == 0:
         raise ValueError(f"Column `{name}` has an empty row (or the batch has no rows); every "
                          f"row needs at least one step, got lengths {lengths.tolist()}.")
-    steps = _concatenate_steps(rows, name)
-    padded = np.full((len(rows), lengths.max(), *steps.shape[1:]), fill, dtype=dtype)
+    steps = (_arrow_steps(rows, name) if arrow
+             else np.concatenate([np.asarray(row) for row in rows]))
+    padded = np.full((len(lengths), lengths.max(), *steps.shape[1:]), fill, dtype=dtype)
     padded[np.arange(padded.shape[1]) < lengths[:, None]] = steps
     return padded, lengths
 
 
-def _concatenate_steps(rows: np.ndarray, name: str) -> np.ndarray:
-    """All rows' steps stacked along axis 0, in row order (what the masked write expects)."""
-    arrays = [np.asarray(row) for row in rows]
-    if all(array.dtype != object for array in arrays):
-        return np.concatenate(arrays)
-    # A list<list<...>> column: each row is an object array of per-step arrays.
-    steps = list(chain.from_iterable(arrays))
-    widths = np.fromiter(map(len, steps), dtype=np.int64, count=len(steps))
+def _arrow_rows(rows: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
+    """The column as one Arrow list array, after checking that it is one with no nulls."""
+    if not _is_list(rows.type):
+        raise ValueError(f"Column `{name}` must hold one list of steps per row; got Arrow "
+                         f"type {rows.type}.")
+    if rows.null_count:
+        raise ValueError(f"Column `{name}` has {rows.null_count} missing (null) row(s); "
+                         "every row needs its steps.")
+    return rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
+
+
+def _arrow_steps(rows: pa.Array, name: str) -> np.ndarray:
+    """All rows' steps stacked along axis 0 in row order (what the masked write expects),
+    read from the list array's flattened values: (steps,) or (steps, features)."""
+    steps = rows.flatten()  # respects a sliced array's offset, unlike `.values`
+    if not _is_list(steps.type):
+        return steps.to_numpy(zero_copy_only=False)
+    if steps.null_count:
+        raise ValueError(f"Column `{name}` has {steps.null_count} missing (null) step(s); "
+                         "every step needs its features.")
+    widths = pc.list_value_length(steps).to_numpy()
     if widths.min() != widths.max():
         raise ValueError(f"Column `{name}` must have the same number of features at every "
                          f"step; found between {widths.min()} and {widths.max()}.")
-    return np.concatenate(steps).reshape(len(steps), widths[0])
+    return steps.flatten().to_numpy(zero_copy_only=False).reshape(len(steps), widths[0])
 
 
-def pad_batch(columns: Mapping[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
-    """Turn a batch of dataset rows (columns inputs, targets, optional scored) into the
-    numpy batch format, padding ragged rows and computing `lengths`."""
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+
+
+def pad_batch(columns: Mapping[str, np.ndarray | pa.Array | pa.ChunkedArray], kind: str
+              ) -> dict[str, np.ndarray]:
+    """Turn a batch of dataset rows (columns inputs, targets, optional scored and
+    difficulty; numpy arrays or Arrow columns) into the numpy batch format, padding ragged
+    rows and computing `lengths`."""
     inputs, lengths = pad_rows(columns["inputs"], fill=0.0, dtype=np.float32, name="inputs")
     batch = {"inputs": inputs, "lengths": lengths,
              "targets": _targets(columns["targets"], check_kind(kind), lengths)}
@@ -93,23 +121,25 @@ def pad_batch(columns: Mapping[str, np.ndarray], kind: str) -> dict[str, np.ndar
     return batch
 
 
-def cut_window(columns: Mapping[str, np.ndarray], kind: str, batch_size: int,
+def cut_window(window: pa.Table, kind: str, batch_size: int,
                by_length: bool) -> list[dict[str, np.ndarray]]:
-    """A window of rows -> its full batches of `batch_size` rows, each padded on its own
-    (rows left over, fewer than a batch, are dropped, as drop_last would).
+    """A window of rows (an Arrow table) -> its full batches of `batch_size` rows, each
+    padded on its own (rows left over, fewer than a batch, are dropped, as drop_last would).
 
     With `by_length`, the rows are ordered by length first (stable), so each batch holds
     rows of similar lengths and computes few padded steps: length bucketing. A window of
     many batches buckets better and shuffles less; the caller shuffles the batches' order.
     """
-    rows = len(columns["inputs"])
-    order = np.arange(rows)
+    order = np.arange(window.num_rows)
     if by_length:
-        lengths = np.fromiter(map(len, columns["inputs"]), dtype=np.int64, count=rows)
+        lengths = pc.list_value_length(window.column("inputs")).to_numpy()
         order = np.argsort(lengths, kind="stable")
-    return [pad_batch({name: np.asarray(column)[order[start:start + batch_size]]
-                       for name, column in columns.items()}, kind)
-            for start in range(0, rows - batch_size + 1, batch_size)]
+    batches = []
+    for start in range(0, window.num_rows - batch_size + 1, batch_size):
+        rows = window.take(order[start:start + batch_size])
+        batches.append(pad_batch({name: rows.column(name) for name in rows.column_names},
+                                 kind))
+    return batches
 
 
 def select_rows(batch: Mapping[str, torch.Tensor], keep: torch.Tensor

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipelines.collate import check_kind, cut_window, pad_batch, to_torch
 from pipelines.parquet import split_files
@@ -58,23 +58,26 @@ def read_split(split_dir: str | Path, difficulty: str = "length") -> ray.data.Da
     return dataset
 
 
-class PaddingCollate(NumpyBatchCollateFn):
-    """`iter_torch_batches` collate_fn: Ray Data numpy batch -> padded torch batch.
+class PaddingCollate(ArrowBatchCollateFn):
+    """`iter_torch_batches` collate_fn: Ray Data Arrow batch -> padded torch batch.
 
     Ray Data cannot turn ragged list<...> columns into tensors by itself, and plain
-    functions as collate_fn are deprecated, hence this class. `kind` (TaskInfo.kind)
-    says how to read `targets`. Runs on Ray's collate threads; it keeps no state.
+    functions as collate_fn are deprecated, hence this class. It takes the batch as Arrow
+    (not numpy, which would hold one Python object per row and per step) and pads it from
+    the columns' offsets. `kind` (TaskInfo.kind) says how to read `targets`. Runs on Ray's
+    collate threads; it keeps no state.
     """
 
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = check_kind(kind)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return to_torch(pad_batch(batch, self.kind))
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        return to_torch(pad_batch({name: batch.column(name) for name in batch.column_names},
+                                  self.kind))
 
 
-class WindowCollate(NumpyBatchCollateFn):
+class WindowCollate(ArrowBatchCollateFn):
     """`iter_torch_batches` collate_fn for training: a window of several batches' worth of
     rows -> a list of padded torch batches (`collate.cut_window`), sorted by length first
     when `by_length` (length bucketing). Runs on Ray's collate threads, so the sorting and
@@ -85,6 +88,6 @@ class WindowCollate(NumpyBatchCollateFn):
         super().__init__()
         self.kind, self.batch_size, self.by_length = check_kind(kind), batch_size, by_length
 
-    def __call__(self, window: dict[str, np.ndarray]) -> list[dict[str, torch.Tensor]]:
+    def __call__(self, window: pa.Table) -> list[dict[str, torch.Tensor]]:
         return [to_torch(batch)
                 for batch in cut_window(window, self.kind, self.batch_size, self.by_length)]

@@ -26,6 +26,9 @@ from pipelines.synthetic import (
 )
 
 VALIDATION_BATCH = 256
+VALIDATION_CACHE_BYTES = 256 * 2**20
+"""A Parquet shard's validation rows are kept in the worker's memory, after the first
+pass, when their padded batches take at most this much; larger sets stream every time."""
 
 
 class Schedule(Protocol):
@@ -83,6 +86,8 @@ class ShardBatches:
     in the same order every epoch (Ray Data's `preserve_order`, set by the driver). So an
     epoch repeats exactly, and `position` (epoch, batches taken), kept in checkpoints, is
     enough to continue mid-epoch where a run stopped.
+
+    Validation rows are read once and kept when they are small (`_validation_pass`).
     """
 
     def __init__(self, train_shard, val_shard, batch_size: int, collate, window_collate,
@@ -94,6 +99,7 @@ class ShardBatches:
         self._shuffle_rows = max(shuffle_rows, self._window_rows) if shuffle_rows else None
         self._seed, self._rank = seed, rank
         self._epoch, self._taken = (position["epoch"], position["taken"]) if position else (0, 0)
+        self._validation: list[dict[str, torch.Tensor]] | None = None
         self._batches = self._epochs()
 
     def position(self) -> dict[str, int]:
@@ -118,13 +124,32 @@ class ShardBatches:
 
     def validation_batches(self, level: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """The shard's validation rows; with a `level`, only the rows at or below it."""
-        for batch in self._val_shard.iter_torch_batches(batch_size=VALIDATION_BATCH,
-                                                        collate_fn=self._collate):
+        for batch in self._validation_pass():
+            batch = dict(batch)  # kept batches stay whole for the next pass
             difficulty = _difficulty(batch)
             if level is None:
                 yield batch
             elif (keep := difficulty <= level).any():
                 yield select_rows(batch, keep)
+
+    def _validation_pass(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The validation shard's padded batches, on the CPU. The first whole pass keeps
+        them when they fit in VALIDATION_CACHE_BYTES, and later passes read that copy:
+        every pass of Ray Data starts with a pause and takes CPU from training, and the
+        validation rows never change."""
+        if self._validation is not None:
+            yield from self._validation
+            return
+        kept, size = [], 0
+        for batch in self._val_shard.iter_torch_batches(
+                batch_size=VALIDATION_BATCH, collate_fn=self._collate, device="cpu"):
+            size += sum(tensor.nbytes for tensor in batch.values())
+            if size > VALIDATION_CACHE_BYTES:
+                kept = None
+            elif kept is not None:
+                kept.append(batch)
+            yield batch
+        self._validation = kept
 
     def _epochs(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches epoch after epoch, from `position` on: the batches an earlier run of

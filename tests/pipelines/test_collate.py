@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -23,9 +24,10 @@ def _object_array(items: list) -> np.ndarray:
     return array
 
 
-def _ray_nested(rows: list[np.ndarray]) -> np.ndarray:
-    """A list<list<float>> column as Ray Data yields it: rows of per-step arrays."""
-    return _object_array([_object_array(list(row)) for row in rows])
+def _arrow_rows(rows: list[np.ndarray]) -> pa.ChunkedArray:
+    """A list<list<float>> column as Parquet holds it, in two chunks."""
+    column = pa.array([row.tolist() for row in rows], type=pa.list_(pa.list_(pa.float32())))
+    return pa.chunked_array([column[:1], column[1:]])
 
 
 def test_pad_rows_pads_ragged_rows_with_the_fill_value() -> None:
@@ -36,10 +38,10 @@ def test_pad_rows_pads_ragged_rows_with_the_fill_value() -> None:
     assert padded.dtype == np.int64 and lengths.dtype == np.int64
 
 
-def test_pad_rows_handles_ray_nested_feature_rows() -> None:
+def test_pad_rows_reads_arrow_list_columns_of_feature_rows() -> None:
     rng = np.random.default_rng(0)
     rows = [rng.random((t, 3), dtype=np.float32) for t in (4, 2, 5)]
-    padded, lengths = pad_rows(_ray_nested(rows), fill=0.0, dtype=np.float32, name="inputs")
+    padded, lengths = pad_rows(_arrow_rows(rows), fill=0.0, dtype=np.float32, name="inputs")
     assert padded.shape == (3, 5, 3) and padded.dtype == np.float32
     np.testing.assert_array_equal(lengths, [4, 2, 5])
     for row, (original, length) in enumerate(zip(rows, lengths, strict=True)):
@@ -58,15 +60,31 @@ def test_pad_rows_rejects_empty_rows_and_uneven_features() -> None:
     with pytest.raises(ValueError, match="`inputs` has an empty row"):
         pad_rows(_object_array([np.ones(2), np.ones(0)]), fill=0.0, dtype=np.float32,
                  name="inputs")
-    uneven = _object_array([_object_array([np.ones(3), np.ones(2)])])
+    with pytest.raises(ValueError, match="`inputs` has an empty row"):
+        pad_rows(pa.array([[1.0], []]), fill=0.0, dtype=np.float32, name="inputs")
+    uneven = pa.array([[[1.0, 2.0, 3.0], [1.0, 2.0]]])
     with pytest.raises(ValueError, match="`inputs` must have the same number of features"):
         pad_rows(uneven, fill=0.0, dtype=np.float32, name="inputs")
+
+
+def test_pad_rows_refuses_arrow_nulls_and_non_list_columns() -> None:
+    with pytest.raises(ValueError, match=r"`inputs` has 1 missing \(null\) row"):
+        pad_rows(pa.array([[1.0], None]), fill=0.0, dtype=np.float32, name="inputs")
+    with pytest.raises(ValueError, match="`inputs` must hold one list of steps per row"):
+        pad_rows(pa.array([1.0, 2.0]), fill=0.0, dtype=np.float32, name="inputs")
+
+
+def test_pad_rows_reads_a_sliced_arrow_column_from_its_own_offset() -> None:
+    column = pa.array([[1, 2], [3], [4, 5, 6]], type=pa.list_(pa.int64()))[1:]
+    padded, lengths = pad_rows(column, fill=-1, dtype=np.int64, name="targets")
+    np.testing.assert_array_equal(lengths, [1, 3])
+    np.testing.assert_array_equal(padded, [[3, -1, -1], [4, 5, 6]])
 
 
 def test_pad_batch_per_step_pads_inputs_targets_and_scored() -> None:
     rows = [np.full((t, 2), t, dtype=np.float32) for t in (3, 1)]
     columns = {
-        "inputs": _ray_nested(rows),
+        "inputs": _arrow_rows(rows),
         "targets": _object_array([np.array([0, 1, 2]), np.array([5])]),
         "scored": _object_array([np.array([False, True, True]), np.array([True])]),
     }
@@ -78,7 +96,7 @@ def test_pad_batch_per_step_pads_inputs_targets_and_scored() -> None:
 
 
 def test_pad_batch_regression_and_sequence_targets() -> None:
-    inputs = _ray_nested([np.ones((2, 1)), np.ones((4, 1))])
+    inputs = _arrow_rows([np.ones((2, 1)), np.ones((4, 1))])
     regression = pad_batch({"inputs": inputs,
                             "targets": _object_array([np.array([0.5, 1.0]),
                                                       np.array([2.0, 3.0])])}, "regression")
@@ -90,7 +108,7 @@ def test_pad_batch_regression_and_sequence_targets() -> None:
 
 
 def test_pad_batch_rejects_targets_that_do_not_match_the_inputs() -> None:
-    inputs = _ray_nested([np.ones((3, 1)), np.ones((2, 1))])
+    inputs = _arrow_rows([np.ones((3, 1)), np.ones((2, 1))])
     with pytest.raises(ValueError, match="`targets` must have one entry per input step"):
         pad_batch({"inputs": inputs,
                    "targets": _object_array([np.zeros(3, int), np.zeros(3, int)])}, "per_step")
@@ -145,11 +163,11 @@ def test_select_rows_leaves_regression_targets_whole():
     assert kept["inputs"].shape == (1, 4, 2) and kept["targets"].shape == (1, 1)
 
 
-def _ragged_window(lengths: list[int]) -> dict[str, np.ndarray]:
+def _ragged_window(lengths: list[int]) -> pa.Table:
     """Sequence-classification rows of the given lengths; each row's label is its index."""
-    inputs = _object_array([np.full((n, 2), float(i), np.float32)
-                            for i, n in enumerate(lengths)])
-    return {"inputs": inputs, "targets": np.arange(len(lengths))}
+    inputs = _arrow_rows([np.full((n, 2), float(i), np.float32)
+                          for i, n in enumerate(lengths)])
+    return pa.table({"inputs": inputs, "targets": np.arange(len(lengths))})
 
 
 def test_cut_window_buckets_rows_by_length_and_pads_each_batch_alone() -> None:

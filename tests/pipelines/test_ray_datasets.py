@@ -11,6 +11,7 @@ import pytest
 import ray.data
 import torch
 
+from pipelines import sources
 from pipelines.collate import IGNORE_INDEX
 from pipelines.parquet import read_task_info, write_dataset
 from pipelines.ray_datasets import PaddingCollate, WindowCollate, read_split
@@ -88,7 +89,7 @@ class _AllRows:
 
 def _write_ragged(directory: Path, rows: int, files: int) -> None:
     """Sequence-classification rows of lengths 1..16 over several files; row i's inputs
-    hold i, so a batch names its rows."""
+    hold i, so a batch names its rows, and its `difficulty` is i % 4."""
     directory.mkdir()
     per_file = rows // files
     for part in range(files):
@@ -97,6 +98,7 @@ def _write_ragged(directory: Path, rows: int, files: int) -> None:
             "inputs": pa.array([[[float(i)]] * (1 + i * 7 % 16) for i in ids],
                                type=pa.list_(pa.list_(pa.float32()))),
             "targets": pa.array([i % 2 for i in ids], type=pa.int64()),
+            "difficulty": pa.array([i % 4 for i in ids], type=pa.float32()),
         }), directory / f"part-{part:05d}.parquet")
 
 
@@ -155,3 +157,40 @@ def test_length_bucketing_pads_less_and_resumes_exactly(tmp_path: Path, ordered_
     head, _, stopped = _stream(tmp_path / "train", 6, window=8)
     tail, _, _ = _stream(tmp_path / "train", 2, window=8, position=stopped)
     assert head + tail == bucketed_ids
+
+
+class _CountedPasses:
+    """A Ray Data iterator that counts the passes started over it."""
+
+    def __init__(self, iterator) -> None:
+        self.iterator, self.passes = iterator, 0
+
+    def iter_torch_batches(self, **options):
+        self.passes += 1
+        return self.iterator.iter_torch_batches(**options)
+
+
+@pytest.mark.parametrize(("limit", "passes"), [(sources.VALIDATION_CACHE_BYTES, 1), (1, 4)])
+def test_validation_rows_are_read_once_when_they_fit_and_streamed_when_not(
+        tmp_path: Path, monkeypatch, limit: int, passes: int) -> None:
+    _write_ragged(tmp_path / "val", rows=32, files=2)
+    monkeypatch.setattr(sources, "VALIDATION_CACHE_BYTES", limit)
+    val = _CountedPasses(read_split(tmp_path / "val", "difficulty").iterator())
+    batches = ShardBatches(read_split(tmp_path / "val").iterator(), val, 8,
+                           PaddingCollate("sequence"), WindowCollate("sequence", 8, False), 1,
+                           shuffle_rows=0, seed=0, rank=0)
+
+    def rows(level=None) -> dict[int, int]:
+        """Row id -> length, over one validation pass."""
+        return {int(row_id): int(length)
+                for batch in batches.validation_batches(level)
+                for row_id, length in zip(batch["inputs"][:, 0, 0], batch["lengths"],
+                                          strict=True)}
+
+    every = rows()
+    assert sorted(every) == list(range(32))
+    easy = rows(level=1)  # a curriculum's level: the rows of difficulty 0 and 1
+    assert sorted(easy) == [row for row in range(32) if row % 4 <= 1]
+    assert rows() == every
+    assert rows(level=1) == easy  # the kept batches keep their difficulty column
+    assert val.passes == passes
