@@ -15,9 +15,7 @@ process:
 - rnn-orch, 1 worker and 2 workers: `driver.train` on a local Ray, as `rnn-orch train`
   runs it (MLflow logging, the guard and its snapshots, the progress line), validating
   and checkpointing only at the end. Its steady state is timed between two steps' MLflow
-  timestamps (`train_loss` is logged as each step ends), so start-up and the end are left
-  out. Differencing two run lengths, as `timed_runs` does, is too noisy here: start-up
-  varies by seconds from run to run.
+  timestamps (`timed_runs.logged_seconds`), so start-up and the end are left out.
 
 The ways take turns, `--repeats` times, and each figure is the median. The plain ways
 run while Ray is down; rnn-orch's figures carry the CPU its own processes take. Targets:
@@ -45,7 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from machine import results_header
-from mlflow.tracking import MlflowClient
+from timed_runs import logged_seconds
 
 from models.sequence_model import build_model
 from orchestrator import driver
@@ -193,18 +191,13 @@ def timed_steps(config: Config, rank: int, skip: int, steps: int, wrap) -> float
 
 def rnn_orch_throughput(overrides: list[str], args) -> float:
     """Tokens/s of one `driver.train` run between the ends of step `--skip` and of its
-    last step, from the MLflow timestamps of their `train_loss`."""
-    config = driver.resolve(apply_overrides(Config(), [
-        *overrides, f"train.steps={args.steps}", f"train.eval_every={args.steps}",
-        f"train.checkpoint_every={args.steps}", f"run.name=bench-{time.time_ns()}"]), {})
-    outcome = driver.train(config, stream=sys.stderr)
-    ended = {metric.step: metric.timestamp for metric in MlflowClient(
-        config.tracking.uri).get_metric_history(outcome.run_id, "train_loss")}
-    if args.skip not in ended or args.steps not in ended:
-        sys.exit(f"{overrides}: steps {args.skip} and {args.steps} were not both logged")
+    last step."""
+    config = apply_overrides(Config(), overrides)
+    seconds = logged_seconds([*overrides, f"train.eval_every={args.steps}"], args.skip,
+                             args.steps)
     steps = args.steps - args.skip
     tokens = steps * config.train.batch_size * config.task.seq_len * config.scaling.num_workers
-    tokens_per_second = tokens / ((ended[args.steps] - ended[args.skip]) / 1000)
+    tokens_per_second = tokens / seconds
     print(f"  rnn-orch, {config.scaling.num_workers} workers: {tokens_per_second:,.0f} "
           "tokens/s", file=sys.stderr, flush=True)
     return tokens_per_second
