@@ -8,6 +8,10 @@ The driver opens the sweep's MLflow parent run, turns the sweep file into Tune's
 space, searcher and scheduler, and runs `orchestrator.trial.run_trial` for every trial.
 At the end it ranks the trials, writes the table and plots to the parent run, marks
 trials a scheduler stopped early, and registers the best trial's model.
+
+A tracking server that is away at the end loses nothing: the trials' results stay in the
+sweep's storage, and `rnn-orch tune SWEEP --resume`, once the server is back, sends what
+the trials kept (their spools) and records the end.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from orchestrator import checkpoints, driver, sweep_report, tracking
 from orchestrator.config import Config
+from orchestrator.metric_logger import Spool, spool_directory
 from orchestrator.sweep_file import Draw, Sweep, SweepError
 from orchestrator.sweep_report import TrialRow
 from orchestrator.trial import SweepContext, run_trial
@@ -43,6 +48,7 @@ class SweepOutcome:
     path: str  # the Tune experiment directory
     summary: Path
     tracking_uri: str
+    recorded: bool  # False: the tracking server was away at the end; --resume records it
 
 
 def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
@@ -57,6 +63,7 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
     driver.start_ray(verbose)
     driver.check_storage(base)
     tracking.set_verbosity(verbose)
+    tracking.fail_fast_http()
     uri = base.tracking.uri
     parent_run_id, experiment_id, _ = tracking.open_run(
         uri, base.tracking.experiment, f"sweep-{sweep.name}", sweep_params(sweep),
@@ -81,19 +88,42 @@ def run(sweep: Sweep, environ: dict[str, str], resume: bool = False,
         )
     results, interrupted = fit_noting_interruption(tuner)
     rows = sweep_report.ranked([trial_row(result, sweep) for result in results], sweep.mode)
-    close_trials(results, {row.trial: row for row in rows}, uri, parent_run_id, interrupted)
-    if interrupted:
-        tracking.finish_run(uri, parent_run_id, "KILLED")
-        raise KeyboardInterrupt
     summary = sweep_report.write_report(rows, sweep, Path(results.experiment_path) / "report")
-    registered = record_best(rows, sweep, uri, parent_run_id, summary.parent)
-    completed = any(row.status == "completed" for row in rows)
-    tracking.finish_run(uri, parent_run_id, "FINISHED" if completed else "FAILED")
-    if not completed:
+    try:
+        registered = record_end(results, rows, sweep, context, uri, interrupted, summary.parent)
+    except Exception as error:
+        if not tracking.server_lost(uri, error):
+            raise
+        registered, recorded = None, False
+    else:
+        recorded = True
+    if interrupted:
+        raise KeyboardInterrupt
+    if not any(row.status == "completed" for row in rows):
         raise driver.TrainingFailed(f"no trial of sweep {sweep.name} completed; see "
                                     f"{summary} and the trials' errors in {path}.")
     return SweepOutcome(rows, parent_run_id, experiment_id, registered,
-                        results.experiment_path, summary, uri)
+                        results.experiment_path, summary, uri, recorded)
+
+
+def record_end(results: tune.ResultGrid, rows: list[TrialRow], sweep: Sweep,
+               context: SweepContext, uri: str, interrupted: bool, report_dir: Path
+               ) -> str | None:
+    """Everything the sweep's end sends to MLflow: what each trial kept while its tracking
+    server was away, the trials' models and statuses, the parent run's best figures and
+    status. Returns what `record_best` registered. Run again by a resume, it sends only
+    what is still missing: a closed trial run is left as it is."""
+    for row in rows:
+        Spool(spool_directory(context.storage_path, f"{context.name}-{row.trial}")).send()
+    close_trials(results, {row.trial: row for row in rows}, uri, context.parent_run_id,
+                 interrupted)
+    if interrupted:
+        tracking.finish_run(uri, context.parent_run_id, "KILLED")
+        return None
+    registered = record_best(rows, sweep, uri, context.parent_run_id, report_dir)
+    completed = any(row.status == "completed" for row in rows)
+    tracking.finish_run(uri, context.parent_run_id, "FINISHED" if completed else "FAILED")
+    return registered
 
 
 def fit_noting_interruption(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
@@ -292,4 +322,8 @@ def summary(outcome: SweepOutcome, sweep: Sweep) -> str:
               "  MLflow:     "
               + tracking.ui_command(outcome.tracking_uri, outcome.experiment_id,
                                     outcome.parent_run_id)]
+    if not outcome.recorded:
+        lines.append(f"  not recorded: MLflow at {outcome.tracking_uri} cannot be reached; "
+                     "the trials' results are kept. Once it is back, record the sweep's end "
+                     f"with: rnn-orch tune {sweep.path} --resume")
     return "\n".join(lines)

@@ -1,12 +1,14 @@
 """A real `mlflow server` on 127.0.0.1 that goes away: killed in the middle of a training
-run, or missing while a logger runs and started later. Training goes on, what could not be
-sent is kept in the run's storage, and it reaches MLflow once the server is back, each
-figure once."""
+run or of a sweep, or missing while a logger runs and started later. Training goes on,
+what could not be sent is kept in the run's storage, and it reaches MLflow once the server
+is back, each figure once."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,60 @@ def test_a_logger_started_while_the_server_is_down_sends_everything_when_it_is_b
                                               key=lambda m: m.step)] == [
         (1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     assert len(notes) == 2 and "is back: sent 2 spooled entries" in notes[1], notes
+
+
+def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_server,
+                                                                          cli_env, workdir):
+    server = mlflow_server
+    server.start()
+    (workdir / "base.yaml").write_text(textwrap.dedent(f"""
+        task: {{name: adding, seq_len: 20, val_size: 256}}
+        model: {{hidden_size: 16}}
+        train: {{steps: 300, batch_size: 32, eval_every: 50, checkpoint_every: 50}}
+        scaling: {{num_workers: 1, cpus_per_worker: 0.9}}
+        tracking: {{experiment: tests, uri: "{server.uri}"}}
+        """))
+    sweep = workdir / "sweep.yaml"
+    sweep.write_text(textwrap.dedent("""
+        name: lose-server
+        base: base.yaml
+        space:
+          model.cell: {grid: [lstm, gru]}
+        search: {max_concurrent_trials: 2}
+        metric: val_loss
+        mode: min
+        """))
+    trials = workdir / "runs" / "sweeps" / "lose-server" / "train"
+    run = subprocess.Popen([BIN / "rnn-orch", "tune", str(sweep)], env=cli_env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while len(list(trials.glob("lose-server-*/checkpoint_00000050"))) < 2:
+        assert run.poll() is None, run.communicate()[0]
+        assert time.monotonic() < deadline, "the two trials did not both validate"
+        time.sleep(0.5)
+    server.kill()  # both trial runs exist in MLflow; the rest of the sweep has no server
+
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output
+    assert f"rnn-orch tune {sweep} --resume" in output, output
+    kept = [Spool(str(directory / SPOOL_DIR)) for directory in trials.glob("lose-server-*")]
+    assert len(kept) == 2 and all(spool.entries() for spool in kept)
+
+    server.start()
+    resumed = subprocess.run([BIN / "rnn-orch", "tune", str(sweep), "--resume"], env=cli_env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "not recorded" not in resumed.stdout
+    assert all(spool.entries() == [] for spool in kept)
+
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("rnn_orch.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and "best.trial" in parent.data.tags
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["rnn_orch.model_uri"].startswith("models:/")
+        assert steps_of(client, child.info.run_id, "train_loss") == list(range(1, 301))
+        assert steps_of(client, child.info.run_id, "val_loss") == list(range(50, 301, 50))
