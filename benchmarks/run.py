@@ -61,6 +61,10 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("overhead", "rnn-orch's training step against a hand-written loop and plain "
               "DDP", (), minutes=11),
+    Benchmark("overhead_bn_lstm", "the same with bn_lstm, whose statistics are "
+              "all-reduced every time step", ("--cell", "bn_lstm", "--steps", "200", "--skip",
+                                              "40", "--repeats", "1"),
+              script="overhead.py", minutes=12),
     Benchmark("startup", "seconds from the command to the first step, against a bare "
               "ray.init()", ("--repeats", "2"), minutes=6),
     Benchmark("cells", "normalized cells against torch's fused ones, forward + backward",

@@ -223,4 +223,7 @@ def shared_shape(inputs: torch.Tensor) -> tuple[int, int]:
 
 
 def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """Whether other ranks share the batch. A process group of one (a single Ray Train
+    worker has one) shares nothing: its collectives would return what they are given, at
+    the cost of a round trip for every step's statistics."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
