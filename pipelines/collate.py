@@ -59,20 +59,34 @@ def pad_rows(rows: np.ndarray | pa.Array | pa.ChunkedArray, *, fill: float | int
             raise ValueError(f"Column `{name}` must hold one sequence per row; got a flat "
                              f"array of shape {rows.shape}.")
         return rows.astype(dtype, copy=False), np.full(len(rows), rows.shape[1], np.int64)
-    arrow = isinstance(rows, pa.Array | pa.ChunkedArray)
-    if arrow:
-        rows = _arrow_rows(rows, name)
-        lengths = pc.list_value_length(rows).to_numpy().astype(np.int64)
-    else:
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    if len(lengths) == 0 or lengths.min() == 0:
-        raise ValueError(f"Column `{name}` has an empty row (or the batch has no rows); every "
-                         f"row needs at least one step, got lengths {lengths.tolist()}.")
-    steps = (_arrow_steps(rows, name) if arrow
-             else np.concatenate([np.asarray(row) for row in rows]))
+    lengths, steps = (_arrow_parts(rows, name) if isinstance(rows, pa.Array | pa.ChunkedArray)
+                      else _sequence_parts(rows, name))
     padded = np.full((len(lengths), lengths.max(), *steps.shape[1:]), fill, dtype=dtype)
     padded[np.arange(padded.shape[1]) < lengths[:, None]] = steps
     return padded, lengths
+
+
+def _sequence_parts(rows, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's number of steps, all rows' steps stacked along axis 0 in row order) of
+    a sequence of per-row arrays."""
+    lengths = _checked_lengths(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), name)
+    return lengths, np.concatenate([np.asarray(row) for row in rows])
+
+
+def _arrow_parts(rows: pa.Array | pa.ChunkedArray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The same of an Arrow list column, read from its offsets and flattened values."""
+    rows = _arrow_rows(rows, name)
+    lengths = _checked_lengths(pc.list_value_length(rows).to_numpy().astype(np.int64), name)
+    return lengths, _arrow_steps(rows, name)
+
+
+def _checked_lengths(lengths: np.ndarray, name: str) -> np.ndarray:
+    """`lengths`, once it is known that every row has a step: checked before the steps
+    are stacked, which an empty batch could not be."""
+    if len(lengths) == 0 or lengths.min() == 0:
+        raise ValueError(f"Column `{name}` has an empty row (or the batch has no rows); every "
+                         f"row needs at least one step, got lengths {lengths.tolist()}.")
+    return lengths
 
 
 def _arrow_rows(rows: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
@@ -87,8 +101,8 @@ def _arrow_rows(rows: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
 
 
 def _arrow_steps(rows: pa.Array, name: str) -> np.ndarray:
-    """All rows' steps stacked along axis 0 in row order (what the masked write expects),
-    read from the list array's flattened values: (steps,) or (steps, features)."""
+    """All rows' steps stacked along axis 0 in row order (what the masked write expects):
+    (steps,) or (steps, features)."""
     steps = rows.flatten()  # respects a sliced array's offset, unlike `.values`
     if not _is_list(steps.type):
         return steps.to_numpy(zero_copy_only=False)
