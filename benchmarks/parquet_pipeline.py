@@ -21,7 +21,7 @@ actor), each importing Ray Data, which on two busy cores slows those steps. The 
 turns, `--repeats` times, and each figure is the median. The target: Parquet keeps >= 0.9
 of the in-memory throughput. Exits non-zero when it could not measure.
 
-    .venv/bin/python benchmarks/parquet_pipeline.py                  # ~6 min on 2 cores
+    .venv/bin/python benchmarks/parquet_pipeline.py                  # ~7 min on 2 cores
     .venv/bin/python benchmarks/parquet_pipeline.py --out benchmarks/results/parquet_pipeline.md
 """
 
