@@ -32,9 +32,11 @@ def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(mlflow_ser
     server = mlflow_server
     server.start()
     run_dir = workdir / "runs" / "lose-server"
+    # A checkpoint is registered seconds after it is written, while this model trains
+    # about 40 steps a second: 600 steps keep the run going well past the server's end.
     run = subprocess.Popen(
         [BIN / "rnn-orch", "train", CONFIG, "run.name=lose-server", "task.seq_len=20",
-         "model.hidden_size=16", "train.steps=200", "train.eval_every=40",
+         "model.hidden_size=16", "train.steps=600", "train.eval_every=40",
          "train.checkpoint_every=40", "tracking.experiment=tests",
          f"tracking.uri={server.uri}"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,7 +47,7 @@ def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(mlflow_ser
     assert run.returncode == 0, output
     assert output.count("cannot be reached (") == 1, output  # told once, by the loop
     assert f"rnn-orch sync {run_dir}" in output, output  # and how to finish, by the driver
-    assert (run_dir / "checkpoint_00000200").is_dir()  # checkpoints went on being written
+    assert (run_dir / "checkpoint_00000600").is_dir()  # checkpoints went on being written
     spool = Spool(str(run_dir / SPOOL_DIR))
     assert spool.entries() and spool.ending() is not None
 
@@ -59,8 +61,8 @@ def test_a_run_outlives_its_tracking_server_and_sync_records_the_rest(mlflow_ser
     client = MlflowClient(server.uri)
     [found] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     run_id = found.info.run_id
-    assert steps_of(client, run_id, "train_loss") == list(range(1, 201))  # each step once
-    assert steps_of(client, run_id, "val_loss") == list(range(40, 201, 40))
+    assert steps_of(client, run_id, "train_loss") == list(range(1, 601))  # each step once
+    assert steps_of(client, run_id, "val_loss") == list(range(40, 601, 40))
     assert client.get_run(run_id).info.status == "FINISHED"
     assert client.get_run(run_id).data.tags["rnn_orch.model_uri"].startswith("models:/")
     assert "best_checkpoint" in {a.path for a in client.list_artifacts(run_id)}

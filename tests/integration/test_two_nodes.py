@@ -85,9 +85,12 @@ def test_node_local_storage_is_refused_and_a_lost_node_is_survived(nodes, mlflow
 
     run_dir = workdir / "runs" / "lose-node"
     # 1.5 CPUs per worker: the head (2 CPUs) holds one worker, the other node the other.
+    # The cluster's controller registers a checkpoint seconds after it is written, while
+    # this model trains about 40 steps a second: 600 steps keep the run going well past
+    # the moment the loss of the node is noticed.
     run = subprocess.Popen(
         [BIN / "rnn-orch", "train", CONFIG, "run.name=lose-node", "task.seq_len=20",
-         "model.hidden_size=16", "train.steps=200", "train.eval_every=40",
+         "model.hidden_size=16", "train.steps=600", "train.eval_every=40",
          "train.checkpoint_every=40", "scaling.cpus_per_worker=1.5", "run.max_failures=2",
          f"run.storage_path={(workdir / 'runs').as_uri()}", "tracking.experiment=tests",
          f"tracking.uri={mlflow_server.uri}"],
@@ -101,7 +104,7 @@ def test_node_local_storage_is_refused_and_a_lost_node_is_survived(nodes, mlflow
     [found] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     run_id = found.info.run_id
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
-    assert len(resumed) == 1 and resumed[0] > 0 and resumed[0] % 40 == 0
+    assert len(resumed) == 1 and resumed[0] > 0 and resumed[0] % 40 == 0, output
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
-        range(1, 201))
+        range(1, 601))
     assert client.get_run(run_id).info.status == "FINISHED"
