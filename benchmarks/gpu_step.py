@@ -6,8 +6,9 @@ same batches (made on the host with numpy, as a worker makes them, then copied o
 - plain: autocast (and for fp16 a GradScaler), forward, loss, backward,
   `clip_grad_norm_`, Adam step; nothing read back to the host;
 - rnn-orch: the worker's own step (`orchestrator.training_step`): `forward_backward`,
-  `clip_gradients`, the divergence guard's `judge`, then `Precision.step`. It reads the
-  loss and the gradient norm back every step, since the guard decides on them.
+  `clip_gradients`, `read_figures`, the divergence guard's `judge`, then
+  `Precision.step`. It reads the step's figures back once a step, since the guard
+  decides on the loss and the gradient norm.
 
 The ways take turns, `--repeats` times; each is timed over `--steps` steps after
 `--warmup` (normalized cells: a quarter of each), between two `torch.cuda.synchronize()`
@@ -44,6 +45,7 @@ from orchestrator.training_step import (
     clip_gradients,
     forward_backward,
     judge,
+    read_figures,
 )
 from pipelines.synthetic import AddingProblem
 
@@ -145,7 +147,8 @@ def rnn_orch_step(cell: str, precision: str, args, device: torch.device) -> Call
     def step(batch: dict[str, np.ndarray]) -> None:
         tensors = {name: torch.from_numpy(array) for name, array in batch.items()}
         figures = forward_backward(model, optimizer, tensors, run_precision, objective, place)
-        figures |= clip_gradients(model, clipper) | run_precision.figures()
+        figures = read_figures(figures | clip_gradients(model, clipper)
+                               | run_precision.figures())
         verdict = judge(guard, run_precision, figures)
         if verdict and verdict.cause:
             sys.exit(f"{cell} {precision}: the guard judged a step {verdict.cause}; the "

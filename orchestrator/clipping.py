@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 POLICIES = ("none", "norm", "value", "autoclip", "agc")
@@ -31,10 +30,13 @@ AGC_EPS = 1e-3  # Brock et al.: weights near zero still allow small updates
 
 @dataclass(frozen=True)
 class ClipResult:
-    grad_norm: float  # global L2 norm before clipping
-    grad_norm_clipped: float  # global L2 norm after clipping
-    clipped: bool  # whether the policy changed any gradient
-    threshold: float  # the threshold in force (the adaptive one for autoclip)
+    """The step's clipping figures, as 0-dim tensors on the gradients' device: the step
+    reads them back together with its other figures (`training_step.read_figures`)."""
+
+    grad_norm: torch.Tensor  # global L2 norm before clipping
+    grad_norm_clipped: torch.Tensor  # global L2 norm after clipping
+    clipped: torch.Tensor  # whether the policy changed any gradient (bool)
+    threshold: torch.Tensor | float  # the threshold in force (the adaptive one for autoclip)
 
 
 class NormHistogram:
@@ -44,45 +46,59 @@ class NormHistogram:
     A bin stands for its geometric centre, at most half a bin (10^(1/128) - 1 = 1.82%) from
     any norm in it, so a percentile interpolated between two ranks' bins, as numpy's
     linear percentile does between the ranks' values, is within 1.82% of numpy's. Memory and
-    time per step are fixed by the bin count, not by the number of steps.
+    time per step are fixed by the bin count, not by the number of steps. The counts live
+    on the norms' device and are counted and searched there: AutoClip's threshold never
+    waits for a GPU to hand a norm back to the host.
     """
 
     BINS_PER_DECADE = 64
     LOW, HIGH = -12, 12  # decades
 
     def __init__(self) -> None:
-        self.counts = np.zeros((self.HIGH - self.LOW) * self.BINS_PER_DECADE, np.int64)
+        self.counts = torch.zeros((self.HIGH - self.LOW) * self.BINS_PER_DECADE,
+                                  dtype=torch.int64)
 
-    def add(self, norm: float) -> None:
-        position = (np.log10(max(norm, 1e-300)) - self.LOW) * self.BINS_PER_DECADE
-        self.counts[int(np.clip(position, 0, len(self.counts) - 1))] += 1
+    def add(self, norms: torch.Tensor) -> None:
+        """Count every finite norm in `norms` (any shape); a non-finite one, from a
+        diverged step, is left out so it cannot poison the percentile."""
+        norms = norms.detach().to(torch.float64).reshape(-1)
+        self.counts = self.counts.to(norms.device)
+        position = (torch.log10(norms.clamp(min=1e-300)) - self.LOW) * self.BINS_PER_DECADE
+        bins = torch.nan_to_num(position).clamp(0, len(self.counts) - 1).long()
+        self.counts.index_add_(0, bins, torch.isfinite(norms).long())
 
-    def percentile(self, q: float) -> float:
-        """numpy's linear percentile of the norms, each taken as its bin's centre."""
-        total = int(self.counts.sum())
-        if total == 0:
-            return 0.0
-        rank = q / 100 * (total - 1)
-        below, above = self._value(int(np.floor(rank))), self._value(int(np.ceil(rank)))
-        return below + (rank - np.floor(rank)) * (above - below)
+    def percentile(self, q: float) -> torch.Tensor:
+        """numpy's linear percentile of the norms, each taken as its bin's centre; 0 when
+        no norm was counted. A float64 0-dim tensor on the counts' device."""
+        cumulative = torch.cumsum(self.counts, 0)
+        total = cumulative[-1]
+        rank = q / 100 * (total - 1).clamp(min=0).to(torch.float64)
+        low = rank.floor()
+        below, above = self._centres(cumulative, torch.stack([low, rank.ceil()]))
+        return torch.where(total > 0, below + (rank - low) * (above - below), 0.0)
 
-    def _value(self, rank: int) -> float:
-        """The centre of the bin holding the rank-th smallest norm (0-based)."""
-        index = int(np.searchsorted(np.cumsum(self.counts), rank + 1))
-        return float(10 ** (self.LOW + (index + 0.5) / self.BINS_PER_DECADE))
+    def _centres(self, cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """The centre of the bin holding each rank-th smallest norm (0-based)."""
+        index = torch.searchsorted(cumulative, ranks.long() + 1).clamp(max=len(cumulative) - 1)
+        return 10 ** (self.LOW + (index.to(torch.float64) + 0.5) / self.BINS_PER_DECADE)
 
     def state_dict(self) -> dict:
         """The bins that hold norms, as {bin: count} (plain ints, weights-only loadable)."""
-        return {int(i): int(self.counts[i]) for i in np.flatnonzero(self.counts)}
+        held = torch.nonzero(self.counts).flatten()
+        return dict(zip(held.tolist(), self.counts[held].tolist(), strict=True))
 
     def load_state_dict(self, state: dict) -> None:
-        self.counts[:] = 0
+        self.counts = torch.zeros_like(self.counts)
         for index, count in state.items():
             self.counts[int(index)] = count
 
 
 class Clipper:
-    """One run's clipping policy and its memory (AutoClip's histogram of gradient norms)."""
+    """One run's clipping policy and its memory (AutoClip's histogram of gradient norms).
+
+    Clipping reads nothing back from the device: every figure it returns is a tensor, and
+    every decision (the AutoClip threshold, how far to scale) is taken on the device.
+    """
 
     def __init__(self, policy: str, threshold: float):
         if policy not in POLICIES:
@@ -96,26 +112,26 @@ class Clipper:
         agc (the other policies clip the global norm, head included)."""
         parameters = [p for p in parameters if p.grad is not None]
         grads = [p.grad for p in parameters]
-        total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        before = total.item()
+        if not grads:
+            zero = torch.zeros(())
+            return ClipResult(zero, zero, torch.tensor(False), self.threshold)
+        before = torch.nn.utils.get_total_norm(grads)
         threshold = self.threshold
         if self.policy == "none":
-            return ClipResult(before, before, False, threshold)
+            return ClipResult(before, before, torch.zeros_like(before, dtype=torch.bool),
+                              threshold)
         if self.policy == "autoclip":
-            if np.isfinite(before):  # a diverged step must not poison the percentile
-                self.norms.add(before)
-            threshold = self.norms.percentile(self.threshold)
+            self.norms.add(before)
+            threshold = self.norms.percentile(self.threshold).to(before.dtype)
         if self.policy in ("norm", "autoclip"):
-            # The norm is known: scale by it instead of letting torch measure it again.
-            torch.nn.utils.clip_grads_with_norm_(parameters, threshold, total)
-            return ClipResult(before, before * min(1.0, threshold / (before + 1e-6)),
-                              before > threshold, threshold)
+            after = scale_to_norm_(grads, threshold, before)
+            return ClipResult(before, after, before > threshold, threshold)
         if self.policy == "value":
             torch.nn.utils.clip_grad_value_(parameters, threshold)
         elif self.policy == "agc":
             exempt = {id(p) for p in head}
             adaptive_clip_([p for p in parameters if id(p) not in exempt], threshold)
-        after = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
+        after = torch.nn.utils.get_total_norm(grads)
         return ClipResult(before, after, after < before, threshold)
 
     @property
@@ -134,8 +150,19 @@ class Clipper:
             self.norms.load_state_dict(state["norms"])
             return
         self.norms = NormHistogram()
-        for norm in state["history"]:
-            self.norms.add(norm)
+        self.norms.add(torch.tensor(state["history"], dtype=torch.float64))
+
+
+@torch.no_grad()
+def scale_to_norm_(grads: list[torch.Tensor], threshold: torch.Tensor | float,
+                   norm: torch.Tensor) -> torch.Tensor:
+    """Scale `grads`, whose global norm is `norm`, down to at most `threshold`; their norm
+    after. torch's `clip_grads_with_norm_` computes the same factor, but reads a tensor
+    threshold (AutoClip's) back to the host first."""
+    factor = torch.clamp(threshold / (norm + 1e-6), max=1.0)
+    for grad in grads:
+        grad.mul_(factor)
+    return norm * factor
 
 
 @torch.no_grad()

@@ -93,9 +93,14 @@ class Precision:
         if self.scaler is not None:
             self.scaler.update()
 
-    def figures(self) -> dict[str, float]:
-        """`loss_scale` for fp16, worth a metric: its drops are the overflows."""
-        return {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}
+    def figures(self) -> dict[str, torch.Tensor | float]:
+        """`loss_scale` for fp16, worth a metric: its drops are the overflows. Once the
+        scaler has scaled a loss this is its scale tensor, which the step reads back with
+        its other figures (`get_scale()` would read it alone)."""
+        if self.scaler is None:
+            return {}
+        scale = self.scaler._get_scale_async()  # None until the first scaled backward
+        return {"loss_scale": self.scaler.get_scale() if scale is None else scale}
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler is not None else {}

@@ -39,34 +39,52 @@ def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor],
 def forward_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      batch: dict[str, torch.Tensor], precision: Precision,
                      objective: objectives.Objective, place: Place,
-                     carried: CarriedState | None = None) -> dict[str, float]:
+                     carried: CarriedState | None = None) -> dict[str, torch.Tensor]:
     """Forward in the run's precision, the loss in float32, backward: leaves the true
-    (unscaled, all-reduced) gradients in `.grad`. `padding_efficiency` is the share of
-    this rank's computed steps that are real steps, not padding."""
-    real = int(batch["lengths"].sum())
-    computed = batch["lengths"].numel() * batch["inputs"].shape[1]
+    (unscaled, all-reduced) gradients in `.grad`. The figures stay on the device (see
+    `read_figures`); `padding_efficiency` is the share of this rank's computed steps that
+    are real steps, not padding."""
     batch = to_device(batch, place.device)
+    real = batch["lengths"].sum()
+    computed = batch["lengths"].numel() * batch["inputs"].shape[1]
     model.train()
     with precision.autocast():
         outputs = predict(model, batch, carried)
     loss = objective.loss(outputs.float(), batch)
     optimizer.zero_grad(set_to_none=True)
     precision.backward(loss, optimizer)  # DDP all-reduces the gradients here
-    return {"train_loss": mean_over_ranks(loss.detach()), "tokens": float(real * place.world),
+    return {"train_loss": mean_over_ranks(loss.detach()), "tokens": real * place.world,
             "padding_efficiency": real / computed}
 
 
-def clip_gradients(model: torch.nn.Module, clipper: Clipper) -> dict[str, float]:
+def clip_gradients(model: torch.nn.Module, clipper: Clipper) -> dict[str, torch.Tensor]:
     """Clip in place; the gradient norm before and after, and whether anything changed."""
     clip = clipper(model.parameters(), head=unwrap(model).head.parameters())
     figures = {
         "grad_norm": clip.grad_norm,
         "grad_norm_clipped": clip.grad_norm_clipped,
-        "clipped": float(clip.clipped),
+        "clipped": clip.clipped,
     }
     if clipper.adaptive:
         figures["clip_threshold"] = clip.threshold
     return figures
+
+
+def read_figures(figures: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """The step's figures as numbers, read back from the device in one transfer.
+
+    A readback waits for all the work queued on a GPU before it; a step that read its
+    loss, its gradient norm and its clipping figures one by one would stall the device
+    once for each. The divergence guard needs the loss and the norm before the optimizer
+    moves, so one readback per step is the least a guarded step can do.
+    """
+    tensors = {name: value for name, value in figures.items() if torch.is_tensor(value)}
+    if not tensors:
+        return dict(figures)
+    device = next(iter(tensors.values())).device
+    numbers = torch.stack([value.detach().to(device, torch.float64)
+                           for value in tensors.values()]).tolist()
+    return {**figures, **dict(zip(tensors, numbers, strict=True))}
 
 
 def judge(guard: DivergenceGuard | None, precision: Precision,
@@ -78,12 +96,12 @@ def judge(guard: DivergenceGuard | None, precision: Precision,
     return guard.judge(figures["train_loss"], figures["grad_norm"])
 
 
-def mean_over_ranks(value: torch.Tensor) -> float:
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     if distributed():
         value = value.clone()
         dist.all_reduce(value)
         value /= dist.get_world_size()
-    return value.item()
+    return value
 
 
 def distributed() -> bool:

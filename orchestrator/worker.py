@@ -46,6 +46,7 @@ from orchestrator.training_step import (
     forward_backward,
     judge,
     predict,
+    read_figures,
     to_device,
     unwrap,
 )
@@ -113,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             freezer.drop_gradients(unwrap(model), step)
         if diagnostics and diagnostics.due(step):  # rank 0 only; before clipping
             recorder.diagnostics(step, diagnostics.measure(step, unwrap(model), batch))
-        figures |= clip_gradients(model, clipper) | precision.figures()
+        figures = read_figures(figures | clip_gradients(model, clipper) | precision.figures())
         verdict = judge(guard, precision, figures)
         if verdict and verdict.cause:
             action = recover(verdict, model, optimizer, clipper, snapshot, config)

@@ -19,7 +19,13 @@ from orchestrator.config import Config, ConfigError, apply_overrides
 from orchestrator.guard import DivergenceGuard
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision, cpu_runs_bf16_lstm
-from orchestrator.training_step import Place, clip_gradients, forward_backward, judge
+from orchestrator.training_step import (
+    Place,
+    clip_gradients,
+    forward_backward,
+    judge,
+    read_figures,
+)
 from pipelines.synthetic import make_task, rng_for
 
 REGRESSION = objectives.of("regression")
@@ -40,7 +46,7 @@ def adding_batch(step: int, seq_len: int = 10) -> dict[str, torch.Tensor]:
 
 def train_step(model, optimizer, precision, clipper, batch) -> dict[str, float]:
     figures = forward_backward(model, optimizer, batch, precision, REGRESSION, PLACE)
-    figures |= clip_gradients(model, clipper)
+    figures = read_figures(figures | clip_gradients(model, clipper))
     precision.step(optimizer)
     return figures
 
@@ -74,7 +80,7 @@ def test_scaled_gradients_are_unscaled_before_clipping():
         precision = Precision(name, CPU)
         precision.load_state_dict({**precision.state_dict(), "scale": 1024.0})  # fp16 only
         figures = forward_backward(model, optimizer, batch, precision, REGRESSION, PLACE)
-        figures |= clip_gradients(model, Clipper("norm", 0.01))
+        figures = read_figures(figures | clip_gradients(model, Clipper("norm", 0.01)))
         clipped[name] = (figures, [p.grad.clone() for p in model.parameters()])
     (fp32, fp32_grads), (fp16, fp16_grads) = clipped["fp32"], clipped["fp16"]
     # Clipped before unscaling, the fp16 gradients would be 1024 times smaller.
@@ -98,14 +104,16 @@ def test_a_scaler_overflow_is_skipped_by_the_scaler_and_not_judged_by_the_guard(
     before = [p.detach().clone() for p in model.parameters()]
     figures = forward_backward(model, optimizer, adding_batch(0), precision, REGRESSION,
                                PLACE)
-    figures |= clip_gradients(model, Clipper("norm", 1.0))
+    figures = read_figures(figures | clip_gradients(model, Clipper("norm", 1.0))
+                           | precision.figures())
+    assert figures["loss_scale"] == 2.0**127
     assert math.isfinite(figures["train_loss"]) and not math.isfinite(figures["grad_norm"])
 
     assert judge(guard, precision, figures) is None
     assert (guard.skipped, guard.bad_in_a_row, len(guard.recent)) == (0, 0, 0)
     precision.step(optimizer)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert precision.figures() == {"loss_scale": 2.0**126}  # backed off
+    assert read_figures(precision.figures()) == {"loss_scale": 2.0**126}  # backed off
 
     # The same figures without a scaler are a divergence incident.
     fresh = DivergenceGuard(10.0, 50, patience=3, max_rollbacks=0)
@@ -152,7 +160,7 @@ def test_padding_efficiency_is_the_share_of_computed_steps_that_are_real():
     model, optimizer = model_and_optimizer()
     batch = {"inputs": torch.randn(3, 10, 2), "lengths": torch.tensor([10, 5, 3]),
              "targets": torch.randn(3, 1)}
-    figures = forward_backward(model, optimizer, batch, Precision("fp32", CPU), REGRESSION,
-                               PLACE)
+    figures = read_figures(forward_backward(model, optimizer, batch, Precision("fp32", CPU),
+                                            REGRESSION, PLACE))
     assert figures["padding_efficiency"] == pytest.approx(18 / 30)
     assert figures["tokens"] == 18

@@ -87,7 +87,7 @@ def trained(steps: int = 4):
         parts["precision"].backward(loss, optimizer)
         parts["diagnostics"].measure(step, model, batch)
         clipped = parts["clip"](model.parameters())
-        parts["guard"].judge(loss.item(), clipped.grad_norm)
+        parts["guard"].judge(loss.item(), float(clipped.grad_norm))
         parts["precision"].step(optimizer)
         parts["curriculum"].at_step(step * 10)
     return model, optimizer, parts
