@@ -178,7 +178,7 @@ def _train(args: argparse.Namespace) -> int:
             }.get(config.task.name, f"{config.task.name} (T={config.task.seq_len})")
     print(f"rnn-orch: run {config.run.name}: {task}, {config.model.cell} "
           f"x{config.model.num_layers}, {config.train.steps} steps, "
-          f"{config.scaling.num_workers} workers", flush=True)
+          f"{config.scaling.describe_workers()}", flush=True)
     try:
         outcome = driver.train(config, verbose=args.verbose)
     except driver.TrainingFailed as exc:

@@ -394,6 +394,11 @@ class DiagnosticsConfig:
 @dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = _key(2, "Ray Train workers, one model replica each (DDP when > 1)")
+    min_workers: int = _key(
+        0, "elastic training: start with as few as this many workers when the cluster has "
+        "no room for num_workers, and grow to num_workers as room appears (0 = fixed)")
+    resize_every_s: float = _key(
+        60.0, "how often an elastic run looks for room to grow (seconds)")
     use_gpu: bool = _key(False, "one GPU per worker")
     cpus_per_worker: float = _key(
         0.0, "CPUs reserved per worker; 0 = share the cluster's CPUs, leaving one for data"
@@ -405,8 +410,23 @@ class ScalingConfig:
             # run there could neither resume nor log its model.
             raise ConfigError(f"scaling.num_workers must be >= 1 (one Ray Train worker "
                               f"process per model replica), got {self.num_workers}.")
+        if not 0 <= self.min_workers <= self.num_workers:
+            raise ConfigError(
+                f"scaling.min_workers must be between 0 (a fixed number of workers) and "
+                f"scaling.num_workers={self.num_workers}, got {self.min_workers}.")
+        _positive(self, "resize_every_s")
         if self.cpus_per_worker < 0:
             raise ConfigError("scaling.cpus_per_worker must be >= 0.")
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker group may run with fewer than num_workers workers."""
+        return 0 < self.min_workers < self.num_workers
+
+    def describe_workers(self) -> str:
+        """The worker count as a user reads it: "2 workers", or "1-4 workers" elastic."""
+        low = f"{self.min_workers}-" if self.elastic else ""
+        return f"{low}{self.num_workers} workers"
 
 
 @dataclass(frozen=True)

@@ -548,13 +548,14 @@ def start_ray(verbose: bool) -> None:
 
 def check_storage(config: Config) -> None:
     """Refuse storage that only this node reaches when the run trains on others
-    (`orchestrator.shared_storage`): when the cluster has more than one node, or when
-    this node offers no CPU or GPU (a head that trains nothing, its workers still to
-    come)."""
+    (`orchestrator.shared_storage`): when the cluster has more than one node, when this
+    node offers no CPU or GPU (a head that trains nothing, its workers still to come), or
+    when the run is elastic (it grows onto nodes that join later)."""
     alive = [node for node in ray.nodes() if node["Alive"]]
     here = ray.get_runtime_context().get_node_id()
     offered = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
-    multi_node = len(alive) > 1 or not (offered.get("CPU") or offered.get("GPU"))
+    multi_node = (len(alive) > 1 or not (offered.get("CPU") or offered.get("GPU"))
+                  or config.scaling.elastic)
     mounts = Path("/proc/mounts")
     shared_storage.check(config.run.storage_path, config.tracking.uri, multi_node,
                          mounts.read_text() if mounts.exists() else "")
@@ -565,15 +566,19 @@ def scaling_config(config: Config) -> ray.train.ScalingConfig:
 
     On a 2-CPU laptop two workers of one CPU each leave nothing for Ray Data's read tasks
     and training deadlocks; by default each worker takes an equal share of all CPUs but
-    one.
+    one. An elastic run hands Ray Train its (min, max) range: Ray Train starts the group
+    at the size the cluster has room for and restarts it from the latest checkpoint at a
+    larger size when room appears, or at a smaller one after a failure.
     """
     s = config.scaling
     cpus = s.cpus_per_worker
     if not cpus:
         total = ray.cluster_resources().get("CPU", 1.0)
         cpus = 1.0 if s.use_gpu else min(1.0, max(total - 1.0, 1.0) / s.num_workers)
-    return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                   resources_per_worker={"CPU": cpus})
+    workers = (s.min_workers, s.num_workers) if s.elastic else s.num_workers
+    return ray.train.ScalingConfig(num_workers=workers, use_gpu=s.use_gpu,
+                                   resources_per_worker={"CPU": cpus},
+                                   elastic_resize_monitor_interval_s=s.resize_every_s)
 
 
 def parquet_datasets(config: Config) -> dict[str, ray.data.Dataset]:

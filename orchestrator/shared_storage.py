@@ -48,15 +48,16 @@ def check(storage_path: str, tracking_uri: str, multi_node: bool, mounts: str) -
         raise ConfigError(
             f"run.storage_path {storage_path} is on this node's own disk "
             f"({mount_type(storage_path, mounts) or 'unknown'} filesystem), but the run's "
-            "workers are on other nodes of this Ray cluster, which would not find its "
-            "checkpoints after a restart. Expected s3://..., gs://..., a path on NFS (or "
-            "another network filesystem) mounted on every node, or file:///<path> to state "
-            "that every node mounts that path.")
+            "workers train on other nodes of this Ray cluster (or will, as an elastic run "
+            "grows), which would not find its checkpoints after a restart. Expected "
+            "s3://..., gs://..., a path on NFS (or another network filesystem) mounted on "
+            "every node, or file:///<path> to state that every node mounts that path.")
     if tracking_uri.startswith(_SQLITE):
         database = str(Path(tracking_uri[len(_SQLITE):]))
         if not shared(database, mounts):
             raise ConfigError(
                 f"tracking.uri {tracking_uri} is a SQLite file on this node's own disk, but "
-                "the run's workers are on other nodes of this Ray cluster and log to it too. "
+                "the run's workers train on other nodes of this Ray cluster (or will, as an "
+                "elastic run grows) and log to it too. "
                 "Expected http://<mlflow server> (or MLFLOW_TRACKING_URI), or a SQLite file "
                 "on a network filesystem mounted on every node.")

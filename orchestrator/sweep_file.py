@@ -148,6 +148,11 @@ def _base_config(path: Path, data: dict, where: str) -> Config:
                          "(each trial would prepare the data again, and a trial logs neither "
                          "the test figures nor the files a forecaster or a language model "
                          "needs); train it with `rnn-orch train`.")
+    if base.scaling.elastic:
+        raise SweepError(f"{where}: base or fixed: scaling.min_workers="
+                         f"{base.scaling.min_workers} makes the run elastic, but Tune reserves "
+                         "each trial's workers before it starts, a fixed number; set "
+                         "scaling.min_workers: 0.")
     return base
 
 
@@ -157,6 +162,9 @@ def _draws(raw: Any, section: str, base: Config, where: str, required: bool) -> 
         raise SweepError(f"{where}: '{section}' is empty: give at least one key to search, "
                          "e.g. model.cell: {choice: [lstm, gru]}.")
     _known_keys(draws, section, where)
+    if "scaling.min_workers" in draws:
+        raise SweepError(f"{where}: {section}: scaling.min_workers cannot be searched: Tune "
+                         "reserves each trial's workers before it starts, a fixed number.")
     parsed = {key: _draw(key, spec, f"{section}.{key}", where) for key, spec in draws.items()}
     for key, draw in parsed.items():
         for value in draw.values:  # every listed value, or both ends of a range

@@ -53,7 +53,7 @@ from orchestrator.training_step import (
 from orchestrator.transfer import Freezer, param_groups
 from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate, WindowCollate
-from pipelines.sources import ShardBatches, SyntheticBatches
+from pipelines.sources import ShardBatches, SyntheticBatches, resized
 from pipelines.synthetic import make_task, rng_for
 from pipelines.text import DESCRIPTION_FILE, TextBatches, TextLayout, Vocabulary, bits
 from pipelines.timeseries import ForecastLayout
@@ -100,8 +100,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = state["step"] if state else 0
     snapshot = take_snapshot(step, model, optimizer) if guard else None
     level = curriculum.level
-    if recorder and own:
-        recorder.resumed(step)
+    if recorder:
+        recorder.started(step, place.world, resumed=own)
     while step < config.train.steps:
         step += 1
         level, previous = curriculum.at_step(step), level
@@ -354,11 +354,21 @@ def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | 
             t.shuffle_rows,
             config.seed,
             place.rank,
-            position=state["parts"].get("data") if state else None,
+            position=data_position(state, place),
         )
     task = make_task(config.task.name, config.task.seq_len)
     return SyntheticBatches(task, config.seed, place.rank, place.world,
                             config.train.batch_size, config.task.val_size)
+
+
+def data_position(state: dict | None, place: Place) -> dict[str, int] | None:
+    """Where this rank's Parquet stream stood at the checkpoint, for a worker group of
+    this size (`resized` when an elastic run changed it; the checkpoint keeps every
+    rank's RNG state, one per worker)."""
+    position = state["parts"].get("data") if state else None
+    if position and len(state["rng_states"]) != place.world:
+        return resized(position, len(state["rng_states"]), place.world)
+    return position
 
 
 def make_carried_state(text: dict | None, state: dict | None,
@@ -522,13 +532,17 @@ class Recorder:
                 for number, drawing in enumerate(drawn, 1)))
             self._logger.log_artifacts(directory, "samples")
 
-    def resumed(self, step: int) -> None:
-        """A resume or a restart after a failure shows in MLflow as the step it restarted at.
+    def started(self, step: int, workers: int, resumed: bool) -> None:
+        """Every attempt logs its worker count (`workers`: an elastic run's resizes show
+        as its changes); a resume or a restart also logs the step it restarted at.
 
         The attempt that stopped had logged steps past its last checkpoint. They are
         trained again but not logged again, so MLflow keeps one value per step."""
-        self._logged_through = self._logger.last_step("train_loss")
-        self._logger.log(step, {"resumed_from_step": step})
+        figures = {"workers": float(workers)}
+        if resumed:
+            self._logged_through = self._logger.last_step("train_loss")
+            figures["resumed_from_step"] = step
+        self._logger.log(step, figures)
 
     def incident(self, step: int, cause: str, action: str, guard: DivergenceGuard) -> None:
         """A bad step: counts as metrics, the story as a tag, a line on the console."""

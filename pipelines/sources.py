@@ -179,6 +179,14 @@ class ShardBatches:
             self._epoch, self._taken = self._epoch + 1, 0
 
 
+def resized(position: dict[str, int], saved_world: int, world: int) -> dict[str, int]:
+    """A `ShardBatches.position` saved by a worker group of `saved_world` workers, for
+    one of `world`: each rank's share of an epoch is saved_world / world times as long,
+    so every rank goes on at the same fraction of its epoch. The rows are split anew, so
+    the rest of that epoch is not exactly the rows still unseen; the next epoch is whole."""
+    return {"epoch": position["epoch"], "taken": position["taken"] * saved_world // world}
+
+
 def _difficulty(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Each row's difficulty: the dataset's difficulty column (taken out of the batch,
     the model has no use for it), else the row's length."""

@@ -2,7 +2,8 @@
 with `ray start --address`. Node-local storage is refused for a run that trains across
 nodes, and a run that loses the node hosting one of its workers is rescheduled when a
 replacement node joins, resumes from storage both nodes reach, and finishes in the same
-MLflow run."""
+MLflow run. An elastic run starts with the one worker the head has room for and grows to
+two workers when a node joins, in the same MLflow run."""
 
 from __future__ import annotations
 
@@ -107,4 +108,42 @@ def test_node_local_storage_is_refused_and_a_lost_node_is_survived(nodes, mlflow
     assert len(resumed) == 1 and resumed[0] > 0 and resumed[0] % 40 == 0, output
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
         range(1, 601))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_elastic_run_starts_small_and_grows_onto_a_node_that_joins(nodes, mlflow_server,
+                                                                       cli_env, workdir):
+    mlflow_server.start()
+    # 1.5 CPUs per worker: the head (2 CPUs) has room for one worker until a node joins.
+    # One worker trains this model about 200 steps a second; the node takes seconds to
+    # join and Ray Train seconds more to decide and restart, so the run is long enough
+    # to be still going then.
+    args = [BIN / "rnn-orch", "train", CONFIG, "run.name=grow", "task.seq_len=20",
+            "model.hidden_size=16", "train.steps=8000", "train.eval_every=500",
+            "train.checkpoint_every=500", "scaling.min_workers=1", "scaling.num_workers=2",
+            "scaling.cpus_per_worker=1.5", "scaling.resize_every_s=1",
+            "tracking.experiment=tests", f"tracking.uri={mlflow_server.uri}"]
+    refused = subprocess.run(args, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "as an elastic run grows" in refused.stderr and not (workdir / "runs").exists()
+
+    run_dir = workdir / "runs" / "grow"
+    run = subprocess.Popen([*args, f"run.storage_path={(workdir / 'runs').as_uri()}"],
+                           env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    wait_for_checkpoint(run_dir, run, timeout_s=180)
+    nodes.start()
+
+    output, _ = run.communicate(timeout=400)
+    assert run.returncode == 0, output
+    assert "1-2 workers" in output
+    client = MlflowClient(mlflow_server.uri)
+    [found] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    run_id = found.info.run_id
+    workers = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "workers"))
+    assert [count for _, count in workers] == [1, 2], output
+    resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_step")]
+    assert resumed == [workers[1][0]] and resumed[0] % 500 == 0
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(
+        range(1, 8001))
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -285,3 +285,22 @@ def test_variational_is_a_bool(tmp_path):
 def test_zero_workers_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"scaling.num_workers must be >= 1"):
         Config.from_dict({"scaling": {"num_workers": 0}})
+
+
+def test_elastic_workers_range_from_min_workers_to_num_workers():
+    fixed = Config().scaling
+    assert not fixed.elastic and fixed.describe_workers() == "2 workers"
+    elastic = apply_overrides(Config(), ["scaling.min_workers=1", "scaling.num_workers=4"])
+    assert elastic.scaling.elastic and elastic.scaling.describe_workers() == "1-4 workers"
+    same = apply_overrides(Config(), ["scaling.min_workers=2"])  # min = num: fixed
+    assert not same.scaling.elastic
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["scaling.min_workers=3"], "scaling.min_workers must be between 0"),
+    (["scaling.min_workers=-1"], "scaling.min_workers must be between 0"),
+    (["scaling.resize_every_s=0"], "scaling.resize_every_s must be > 0"),
+])
+def test_bad_elastic_settings_are_refused_naming_the_key(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        apply_overrides(Config(), overrides)

@@ -57,3 +57,13 @@ def test_task_info_carries_the_training_split_statistics_when_asked(tmp_path):
                                                        "task.normalize_channels=true"]))
     assert (info.input_mean, info.input_std) == channel_statistics(tmp_path / "data" / "train")
     assert len(info.input_mean) == info.input_size == 2
+
+
+def test_an_elastic_run_hands_ray_train_its_range_and_resize_interval():
+    elastic = apply_overrides(Config(), ["scaling.min_workers=1", "scaling.num_workers=3",
+                                         "scaling.resize_every_s=5", "scaling.cpus_per_worker=1"])
+    scaling = driver.scaling_config(elastic)
+    assert (scaling.min_workers, scaling.max_workers) == (1, 3)
+    assert scaling.elasticity_enabled and scaling.elastic_resize_monitor_interval_s == 5
+    fixed = driver.scaling_config(apply_overrides(Config(), ["scaling.cpus_per_worker=1"]))
+    assert fixed.num_workers == 2 and not fixed.elasticity_enabled

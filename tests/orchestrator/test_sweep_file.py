@@ -89,6 +89,9 @@ def test_pbt_mutations_are_searched_keys(tmp_path):
     ({"search": "{num_samples: 0}"}, "search.num_samples must be an integer >= 1"),
     ({"base": "missing.yaml"}, "missing.yaml does not exist"),
     ({"fixed": "{train.stepz: 5}"}, "fixed: unknown config key 'train.stepz'"),
+    ({"fixed": "{scaling.min_workers: 1}"}, "scaling.min_workers=1 makes the run elastic"),
+    ({"space": "  scaling.min_workers: {choice: [0, 1]}"},
+     "scaling.min_workers cannot be searched"),
     ({"extra": "1"}, "unknown key 'extra'"),
 ])
 def test_bad_sweep_files_are_refused_naming_the_problem(tmp_path, change, named):

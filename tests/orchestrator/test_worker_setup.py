@@ -13,7 +13,8 @@ import torch
 
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config, apply_overrides
-from orchestrator.worker import adopt_hyperparameters, model_spec
+from orchestrator.training_step import Place
+from orchestrator.worker import adopt_hyperparameters, data_position, model_spec
 from pipelines.parquet import TaskInfo
 
 
@@ -70,3 +71,15 @@ def test_the_training_step_runs_without_ray():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).parents[2])
     assert result.stdout.strip() == "[]"
+
+
+def test_a_resized_group_goes_on_at_the_same_share_of_its_epoch():
+    """Two workers had each taken 10 batches of their half of the epoch: one worker, whose
+    shard is the whole epoch, goes on at its 20th batch, four workers at their 5th."""
+    state = {"rng_states": [{}, {}], "parts": {"data": {"epoch": 3, "taken": 10}}}
+    cpu = torch.device("cpu")
+    assert data_position(state, Place(1, 2, cpu)) == {"epoch": 3, "taken": 10}
+    assert data_position(state, Place(0, 1, cpu)) == {"epoch": 3, "taken": 20}
+    assert data_position(state, Place(3, 4, cpu)) == {"epoch": 3, "taken": 5}
+    assert data_position({"rng_states": [{}], "parts": {"data": {}}}, Place(0, 2, cpu)) == {}
+    assert data_position(None, Place(0, 2, cpu)) is None
