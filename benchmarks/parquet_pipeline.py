@@ -1,17 +1,19 @@
 """Does Parquet through Ray Data keep up with batches made in memory?
 
 `rnn-orch`'s real training (`driver.train`: Ray Train workers, validation, checkpoints,
-MLflow) runs the adding problem on one local Ray, one way from memory and two from
+MLflow) runs the adding problem on one local Ray, one way from memory and four from
 Parquet:
 - memory: the task's generator makes each batch on the worker (task.name=adding);
 - parquet: the same task written to Parquet (`pipelines.parquet.write_dataset`, as
-  `rnn-orch data make` does) and read through Ray Data (task.name=parquet), once with
-  short epochs (--epoch-steps, first value) and once with long ones (second value).
-
-Every epoch is a new pass of Ray Data over the files, and a pass starts with a pause
-(a streaming execution to set up, read tasks to schedule, a shuffle buffer to fill) that
-takes CPU from training. The two epoch lengths tell that per-pass cost apart from the
-per-batch cost. Validation rows are read once and kept (`ShardBatches`).
+  `rnn-orch data make` does) and read through Ray Data (task.name=parquet), with short
+  epochs (--epoch-steps, first value) and long ones (second value), each way twice:
+  - kept: each worker reads its share once and cuts every epoch from memory (what
+    task.keep_rows_mb, 256 MiB by default, does for data this small);
+  - streamed: every epoch is a new pass of Ray Data over the files (task.keep_rows_mb=0,
+    what larger data does), and a pass starts with a pause (a streaming execution to set
+    up, read tasks to schedule, a shuffle buffer to fill) that takes CPU from training.
+The two epoch lengths tell that per-pass cost apart from the per-batch cost. Validation
+rows are read once and kept (`ShardBatches`).
 
 Each run's steady state is timed between two steps' MLflow timestamps
 (`timed_runs.logged_seconds`), so start-up is left out but every validation and epoch
@@ -21,7 +23,7 @@ actor), each importing Ray Data, which on two busy cores slows those steps. The 
 turns, `--repeats` times, and each figure is the median. The target: Parquet keeps >= 0.9
 of the in-memory throughput. Exits non-zero when it could not measure.
 
-    .venv/bin/python benchmarks/parquet_pipeline.py                  # ~7 min on 2 cores
+    .venv/bin/python benchmarks/parquet_pipeline.py                  # ~12 min on 2 cores
     .venv/bin/python benchmarks/parquet_pipeline.py --out benchmarks/results/parquet_pipeline.md
 """
 
@@ -73,8 +75,9 @@ def main() -> None:
             data = root / f"data-{epoch_steps}"
             write_dataset(make_task("adding", args.seq_len), data,
                           rows=epoch_steps * args.batch * args.workers, val_rows=1000, seed=0)
-            ways[f"parquet, epochs of {epoch_steps} steps"] = [
-                "task.name=parquet", f"task.path={data}"]
+            for way, keep_rows_mb in (("kept", 256), ("streamed", 0)):
+                ways[f"parquet {way}, epochs of {epoch_steps} steps"] = [
+                    "task.name=parquet", f"task.path={data}", f"task.keep_rows_mb={keep_rows_mb}"]
         tokens = (args.steps - args.skip) * args.batch * args.workers * args.seq_len
         measured: dict[str, list[float]] = {way: [] for way in ways}
         ray.init(log_to_driver=False)
@@ -104,8 +107,8 @@ def report(throughput: dict[str, float], measured: dict[str, list[float]], args
         f"per worker, {args.workers} workers; validation every {args.eval_every} steps "
         "(1000 rows)",
         f"- Parquet data: epochs of {args.epoch_steps[0]} and of {args.epoch_steps[1]} "
-        "steps; each worker's rows reshuffled every epoch (task.shuffle_rows=1024, the "
-        "default)",
+        "steps; each worker's rows reshuffled every epoch (kept: shuffled whole; "
+        "streamed: Ray Data's local shuffle buffer, task.shuffle_rows=1024, the default)",
         f"- Throughput: steps {args.skip}-{args.steps} of runs of {args.steps} steps, from "
         f"MLflow's step timestamps; median of {args.repeats} runs taking turns",
         "",

@@ -73,6 +73,10 @@ class TaskConfig:
     )
     shuffle_rows: int = _key(1024, "parquet task: rows each worker shuffles in memory, "
                                    "with a new seed every epoch (0 = the files' order)")
+    keep_rows_mb: int = _key(256, "parquet task: a worker whose share of the training rows "
+                                  "takes at most this many MiB (as Arrow) reads it once "
+                                  "and cuts every epoch from memory, shuffled whole; "
+                                  "0 = every epoch is a pass of Ray Data")
     bucket_batches: int = _key(1, "parquet task: length bucketing: the rows of this many "
                                   "batches are sorted by length together, cut into "
                                   "batches and taken in a shuffled order (1 = none)")
@@ -139,7 +143,7 @@ class TaskConfig:
                               f"sequences, rows of features); task.name is {self.name!r}"
                               + (": use task.normalize for a timeseries." if
                                  self.name == "timeseries" else "."))
-        for key in ("num_classes", "shuffle_rows"):
+        for key in ("num_classes", "shuffle_rows", "keep_rows_mb"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"task.{key} must be >= 0, got {getattr(self, key)}.")
 

@@ -51,7 +51,7 @@ from orchestrator.training_step import (
     unwrap,
 )
 from orchestrator.transfer import Freezer, param_groups
-from pipelines.parquet import TaskInfo
+from pipelines.parquet import TaskInfo, arrow_bytes
 from pipelines.ray_datasets import PaddingCollate, WindowCollate
 from pipelines.sources import ShardBatches, SyntheticBatches, resized
 from pipelines.synthetic import make_task, rng_for
@@ -355,6 +355,7 @@ def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | 
             config.seed,
             place.rank,
             position=data_position(state, place),
+            keep_rows=arrow_bytes(Path(t.path) / "train") <= t.keep_rows_mb * 2**20 * place.world,
         )
     task = make_task(config.task.name, config.task.seq_len)
     return SyntheticBatches(task, config.seed, place.rank, place.world,

@@ -138,6 +138,17 @@ def split_files(split_dir: str | Path) -> list[Path]:
     return files
 
 
+def arrow_bytes(split_dir: str | Path) -> int:
+    """About what the split's rows take in memory as Arrow: the uncompressed sizes its
+    files' footers record, read without reading a row."""
+    total = 0
+    for path in split_files(split_dir):
+        metadata = pq.read_metadata(path)
+        total += sum(metadata.row_group(i).total_byte_size
+                     for i in range(metadata.num_row_groups))
+    return total
+
+
 def difficulty_quantiles(split_dir: str | Path, column: str) -> list[int]:
     """The 0th, 1st, ..., 100th percentiles of the rows' difficulty: the values of `column`
     (config key curriculum.difficulty), or each row's number of steps for "length".

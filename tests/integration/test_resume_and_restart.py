@@ -77,13 +77,18 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(cli_env,
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_env, workdir):
+@pytest.mark.parametrize("keep_rows_mb", [256, 0], ids=["rows-kept", "rows-streamed"])
+def test_killed_worker_restarts_from_the_checkpoint_in_the_same_mlflow_run(cli_env, workdir,
+                                                                          keep_rows_mb):
     """A Parquet run read through Ray Data, shuffled every epoch and bucketed: an epoch is
-    32 steps, so the restart continues from a checkpoint in the middle of one."""
+    32 steps, so the restart continues from a checkpoint in the middle of one. Each worker
+    keeps its rows in memory (the default for data this small) or reads every epoch
+    through Ray Data."""
     subprocess.run([RNN_ORCH, "data", "make", "adding", "--rows", "4096", "--val-rows",
                     "256", "--seq-len", "20", "--out", "rows"], env=cli_env, check=True)
     args = [*ARGS, "task.name=parquet", "task.path=rows", "task.bucket_batches=4",
-            "train.steps=120", "run.max_failures=1", "scaling.cpus_per_worker=0.25"]
+            "train.steps=120", "run.max_failures=1", "scaling.cpus_per_worker=0.25",
+            f"task.keep_rows_mb={keep_rows_mb}"]
     # The same run never interrupted, for the exact comparison. The two runs take half a
     # CPU each on the 2-CPU test cluster, so they train side by side and leave a CPU to
     # Ray Data's read tasks. The store is created first: two processes creating one SQLite

@@ -13,6 +13,7 @@ import torch
 
 from pipelines import sources
 from pipelines.collate import IGNORE_INDEX
+from pipelines.errors import DataError
 from pipelines.parquet import read_task_info, write_dataset
 from pipelines.ray_datasets import PaddingCollate, WindowCollate, read_split
 from pipelines.sources import ShardBatches
@@ -102,14 +103,16 @@ def _write_ragged(directory: Path, rows: int, files: int) -> None:
         }), directory / f"part-{part:05d}.parquet")
 
 
-def _stream(directory: Path, steps: int, position=None, window: int = 1,
-            seed: int = 7) -> tuple[list[list[int]], list[float], dict]:
+def _stream(directory: Path, steps: int, position=None, window: int = 1, seed: int = 7,
+            keep_rows: bool = False, shuffle_rows: int = 32
+            ) -> tuple[list[list[int]], list[float], dict]:
     """The row ids of `steps` training batches of 8 rows, each batch's padding
     efficiency, and where the stream stands after them."""
     split = read_split(directory)
     batches = ShardBatches(split.iterator(), split.iterator(), 8, PaddingCollate("sequence"),
                            WindowCollate("sequence", 8, by_length=window > 1), window,
-                           shuffle_rows=32, seed=seed, rank=0, position=position)
+                           shuffle_rows=shuffle_rows, seed=seed, rank=0, position=position,
+                           keep_rows=keep_rows)
     ids, efficiency = [], []
     for step in range(steps):
         batch = batches.train_batch(step + 1, _AllRows())
@@ -128,23 +131,49 @@ def ordered_reads():
     context.execution_options.preserve_order = before
 
 
+@pytest.mark.parametrize("keep_rows", [False, True], ids=["streamed", "kept"])
 def test_shard_batches_shuffle_every_epoch_repeat_with_the_seed_and_resume_exactly(
-        tmp_path: Path, ordered_reads) -> None:
+        tmp_path: Path, ordered_reads, keep_rows: bool) -> None:
     _write_ragged(tmp_path / "train", rows=64, files=4)  # 8 batches an epoch
-    ids, _, position = _stream(tmp_path / "train", 16)
+    ids, _, position = _stream(tmp_path / "train", 16, keep_rows=keep_rows)
     assert position == {"epoch": 1, "taken": 8}
     first, second = ids[:8], ids[8:]
+    files_order = [list(range(i, i + 8)) for i in range(0, 64, 8)]
     assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(64))
     assert first != second  # every epoch has its own order
-    assert first != [list(range(i, i + 8)) for i in range(0, 64, 8)]  # not the files' order
-    assert _stream(tmp_path / "train", 16)[0] == ids  # the same seed repeats the run
-    assert _stream(tmp_path / "train", 8, seed=8)[0] != first
+    assert first != files_order
+    assert _stream(tmp_path / "train", 16, keep_rows=keep_rows)[0] == ids  # the seed repeats
+    assert _stream(tmp_path / "train", 8, seed=8, keep_rows=keep_rows)[0] != first
 
     # A run stopped mid-epoch continues where it stood.
-    head, _, stopped = _stream(tmp_path / "train", 11)
+    head, _, stopped = _stream(tmp_path / "train", 11, keep_rows=keep_rows)
     assert stopped == {"epoch": 1, "taken": 3}
-    tail, _, _ = _stream(tmp_path / "train", 5, position=stopped)
+    tail, _, _ = _stream(tmp_path / "train", 5, position=stopped, keep_rows=keep_rows)
     assert head + tail == ids
+
+    # shuffle_rows=0 reads the files' order; only the batches' order changes.
+    unshuffled = _stream(tmp_path / "train", 16, keep_rows=keep_rows, shuffle_rows=0)[0]
+    assert sorted(unshuffled[:8]) == sorted(unshuffled[8:]) == files_order
+
+
+def test_a_shard_kept_in_memory_is_read_once(tmp_path: Path, ordered_reads) -> None:
+    _write_ragged(tmp_path / "train", rows=64, files=4)  # 8 batches an epoch
+    split = read_split(tmp_path / "train")
+    for keep_rows, passes in ((False, 3), (True, 1)):
+        train = _CountedPasses(split.iterator())
+        batches = ShardBatches(train, split.iterator(), 8, PaddingCollate("sequence"),
+                               WindowCollate("sequence", 8, False), 1, shuffle_rows=32, seed=0,
+                               rank=0, keep_rows=keep_rows)
+        for step in range(1, 18):  # into the third epoch
+            batches.train_batch(step, _AllRows())
+        assert train.passes == passes, keep_rows
+
+
+def test_too_few_rows_for_one_batch_is_a_data_error(tmp_path: Path, ordered_reads) -> None:
+    _write_ragged(tmp_path / "train", rows=4, files=1)
+    for keep_rows in (False, True):
+        with pytest.raises(DataError, match=r"fewer than train.batch_size=8 rows"):
+            _stream(tmp_path / "train", 1, keep_rows=keep_rows)
 
 
 def test_length_bucketing_pads_less_and_resumes_exactly(tmp_path: Path, ordered_reads) -> None:
@@ -168,6 +197,10 @@ class _CountedPasses:
     def iter_torch_batches(self, **options):
         self.passes += 1
         return self.iterator.iter_torch_batches(**options)
+
+    def iter_batches(self, **options):
+        self.passes += 1
+        return self.iterator.iter_batches(**options)
 
 
 @pytest.mark.parametrize(("limit", "passes"), [(sources.VALIDATION_CACHE_BYTES, 1), (1, 4)])
