@@ -1,7 +1,8 @@
 """How much slower are the normalized cells than torch's fused ones? Side by side, one run.
 
 Times one training step's forward and backward through each recurrent layer (fused
-lstm/gru, ln_lstm/ln_gru/bn_lstm, and lstm with weight drop) on the same random batch,
+lstm/gru, ln_lstm/ln_gru/bn_lstm, lstm with weight drop, and for one layer ln_lstm with a
+hand-written backward through time, `hand_written_bptt`) on the same random batch,
 CPU by default. Repetitions go round-robin over the cells, so a change in machine load
 hits every cell alike; the median is reported with its ratio to the matching fused cell.
 Writes a Markdown table per thread count with the command, the machine and the load it
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import hand_written_bptt
 import torch
 from machine import describe
 
@@ -59,6 +61,8 @@ def main() -> None:
         steps = {cell: training_step(cell, args) for cell in args.cells}
         if "lstm" in args.cells:
             steps["lstm + weight_drop"] = training_step("lstm", args, weight_drop=WEIGHT_DROP)
+        if "ln_lstm" in args.cells and args.layers == 1:
+            steps["ln_lstm + hand-written backward"] = hand_written_step(args)
         load_before = os.getloadavg()
         seconds = time_round_robin(steps, inputs, args.warmup, args.repeats)
         sections.append(table(args, threads, seconds, load_before, os.getloadavg()))
@@ -81,6 +85,23 @@ def training_step(cell: str, args: argparse.Namespace,
         else:
             outputs, _ = rnn(inputs)
         outputs.square().mean().backward()
+        rnn.zero_grad(set_to_none=True)
+
+    return step
+
+
+def hand_written_step(args: argparse.Namespace) -> Callable[[torch.Tensor], None]:
+    """The `training_step` of ln_lstm with its time loop's backward written by hand
+    (hand_written_bptt), once it is checked to compute the same gradients."""
+    difference = hand_written_bptt.check(args.features, args.hidden)
+    if difference > 1e-4:
+        sys.exit(f"the hand-written backward's gradients differ from ln_lstm's by "
+                 f"{difference:.2g} of the largest: nothing to time")
+    rnn = build_recurrent("ln_lstm", args.features, args.hidden, 1, dropout=0.0)
+    initialize_recurrent(rnn, "ln_lstm")
+
+    def step(inputs: torch.Tensor) -> None:
+        hand_written_bptt.forward(rnn, inputs).square().mean().backward()
         rnn.zero_grad(set_to_none=True)
 
     return step
