@@ -9,6 +9,11 @@ disk, NFS or s3://, wherever the checkpoints go), the user is told once, and lat
 go straight to the spool until a retry finds the server again. The spool is then sent
 first, in order, so MLflow gets every figure once. What is still spooled when the run ends
 is sent by `rnn-orch sync <run directory>` (`send_spooled`).
+
+A sweep's trial that starts while the server is away cannot create its MLflow run. It
+trains all the same with the run id "" and keeps what the run is made of (`keep_opening`):
+whoever first sends from the spool once the server is back creates the run, and every
+entry kept under "" goes to it.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import pyarrow.fs as pafs
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import fail_fast_http, first_line
+from orchestrator.tracking import fail_fast_http, first_line, open_run
 from pipelines.tables import filesystem_of
 
 SPOOL_DIR = "mlflow_spool"  # inside the run's directory, beside its checkpoints
 ENDING_FILE = "ending.json"  # in the spool: a run whose model is not logged yet
+OPENING_FILE = "opening.json"  # in the spool: a run to create when the server is back
+OPENED_FILE = "opened.json"  # in the spool: the id of the run created from the opening
 _BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 
 log = logging.getLogger(__name__)
@@ -77,13 +84,16 @@ class Spool:
         if self._filesystem.get_file_info(self._root).type != pafs.FileType.Directory:
             return []
         found = self._filesystem.get_file_info(pafs.FileSelector(self._root))
-        return sorted(Path(info.path).name for info in found if info.type == pafs.FileType.File
-                      and info.path.endswith(".json") and not info.path.endswith(ENDING_FILE))
+        return sorted(name for info in found if info.type == pafs.FileType.File
+                      and (name := Path(info.path).name).endswith(".json")
+                      and name not in (ENDING_FILE, OPENING_FILE, OPENED_FILE))
 
     def send(self, uri: str = "") -> int:
         """Send every entry, oldest first, to its run (at `uri` if given, else the URI it
         was spooled for); each is deleted once sent. Returns how many were sent; raises
         the first failure, leaving that entry and the later ones in place."""
+        if self._read(OPENING_FILE) is not None:
+            self.run_id_for("", uri)  # a run kept to be created is created even if empty
         sent = 0
         for name in self.entries():
             claimed = f"{self._root}/{name}.sending"
@@ -99,6 +109,32 @@ class Spool:
             self._filesystem.delete_file(claimed)
             sent += 1
         return sent
+
+    def keep_opening(self, uri: str, experiment: str, run_name: str, params: dict,
+                     config_yaml: str, tags: dict[str, str]) -> None:
+        """A run that could not be created (`tracking.open_run`'s arguments): the run id
+        "" stands for it until `run_id_for` creates it."""
+        opening = {"tracking_uri": uri, "experiment": experiment, "run_name": run_name,
+                   "params": params, "config_yaml": config_yaml, "tags": tags}
+        self._write(OPENING_FILE, json.dumps(opening, default=str).encode())
+
+    def run_id_for(self, run_id: str, uri: str = "") -> str:
+        """`run_id`, or for "" the run kept by `keep_opening`, created now (at `uri` if
+        given) unless it was already. Raises when the server cannot be reached."""
+        if run_id:
+            return run_id
+        opened = self._read(OPENED_FILE)
+        if opened is not None:
+            return opened["run_id"]
+        opening = self._read(OPENING_FILE)
+        if opening is None:
+            raise FileNotFoundError(f"{self.directory} keeps no run to create for the "
+                                    "entries logged without a run id")
+        run_id, _, _ = open_run(uri or opening["tracking_uri"], opening["experiment"],
+                                opening["run_name"], opening["params"],
+                                opening["config_yaml"], opening["tags"])
+        self._write(OPENED_FILE, json.dumps({"run_id": run_id}).encode())
+        return run_id
 
     def tracking_uri(self) -> str:
         """The tracking URI of the oldest entry or of the kept ending ("" if none)."""
@@ -120,16 +156,16 @@ class Spool:
     def _send_entry(self, claimed: str, name: str, uri: str) -> None:
         entry = self._read(Path(claimed).name)
         client = MlflowClient(uri or entry["tracking_uri"])
+        run_id = self.run_id_for(entry["run_id"], uri)
         if "artifact_path" not in entry:
-            send_batch(client, entry["run_id"],
-                       [Metric(*metric) for metric in entry["metrics"]],
+            send_batch(client, run_id, [Metric(*metric) for metric in entry["metrics"]],
                        [RunTag(*tag) for tag in entry["tags"]])
             return
         files = f"{self._root}/{name.removesuffix('.json')}.files"
         with tempfile.TemporaryDirectory() as local:
             pafs.copy_files(files, local, source_filesystem=self._filesystem,
                             destination_filesystem=pafs.LocalFileSystem())
-            client.log_artifacts(entry["run_id"], local, entry["artifact_path"])
+            client.log_artifacts(run_id, local, entry["artifact_path"])
         self._filesystem.delete_dir(files)
 
     def _next_name(self) -> str:
@@ -254,6 +290,7 @@ class MetricLogger:
             self._away_since = None
 
     def _send(self, item: tuple) -> None:
+        self._run_id = self._spool.run_id_for(self._run_id)  # a kept run is created first
         if item[0] == "batch":
             send_batch(self._client, self._run_id, item[1], item[2])
         else:

@@ -12,7 +12,9 @@ reports the Train checkpoint to Tune with `ray.tune.report`. When PBT has a tria
 a better one, Tune restarts the trial with new values and the other trial's checkpoint
 (`ray.tune.get_checkpoint()`); the next `fit()` starts from those weights.
 
-Each trial writes to its own MLflow run under the sweep's parent run. A trial's Train
+Each trial writes to its own MLflow run under the sweep's parent run; a trial that starts
+while the tracking server is away trains all the same, and its run is created once the
+server is back (`open_trial_run`). A trial's Train
 run is named from the trial id (never a timestamp), so a restarted trial resumes; under
 PBT a restarted trial resumes from its last checkpoint reported to Tune instead.
 """
@@ -20,6 +22,7 @@ PBT a restarted trial resumes from its last checkpoint reported to Tune instead.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -32,7 +35,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import checkpoints, driver, tracking
 from orchestrator.config import Config, with_values
-from orchestrator.metric_logger import MetricLogger
+from orchestrator.metric_logger import MetricLogger, Spool, spool_directory
+
+log = logging.getLogger(__name__)
 
 ORIGIN_FILE = "origin.json"  # in a checkpoint reported to Tune: which trial made it, when
 
@@ -59,12 +64,9 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     config = trial_config(context, params, trial_id)
     info = driver.task_info(config)
     transfer = driver.plan_transfer(config, info)
-    run_id, _, _ = tracking.open_run(
-        config.tracking.uri, config.tracking.experiment, config.run.name, config.flat(),
-        config.to_yaml(),
-        tags={tracking.PARENT_TAG: context.parent_run_id, tracking.TRIAL_TAG: trial_id,
-              **(tracking.lineage(config.tracking.uri, transfer.origin) if transfer else {})},
-    )
+    run_id = open_trial_run(config, {
+        tracking.PARENT_TAG: context.parent_run_id, tracking.TRIAL_TAG: trial_id,
+        **(tracking.lineage(config.tracking.uri, transfer.origin) if transfer else {})})
     loop_config = driver.make_loop_config(config, info, driver.data_difficulty(config), run_id,
                                           init_weights=transfer.weights if transfer else None)
     try:
@@ -75,6 +77,28 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
                                 callbacks=[TuneReportCallback()]).fit()
     except ray.train.TrainingFailedError as exc:
         raise driver.failure(exc) from None
+
+
+def open_trial_run(config: Config, tags: dict[str, str]) -> str:
+    """The trial's MLflow run id; "" when the tracking server is away, with the run kept in
+    the trial's spool to be created once the server is back (`Spool.keep_opening`): a
+    trial never fails or waits for want of a server."""
+    tracking.fail_fast_http()  # this process's own: Ray started it before the sweep set it
+    uri = config.tracking.uri
+    arguments = (uri, config.tracking.experiment, config.run.name, config.flat(),
+                 config.to_yaml(), tags)
+    try:
+        run_id, _, _ = tracking.open_run(*arguments)
+    except Exception as error:
+        if not tracking.server_lost(uri, error):
+            raise
+        spool = Spool(spool_directory(config.run.storage_path, config.run.name))
+        spool.keep_opening(*arguments)
+        log.warning("MLflow at %s cannot be reached (%s). Trial %s trains all the same; its "
+                    "run is created when the server is back, with what it kept in %s.",
+                    uri, tracking.first_line(error)[:200], config.run.name, spool.directory)
+        return ""
+    return run_id
 
 
 def trial_config(context: SweepContext, params: dict[str, Any], trial_id: str) -> Config:

@@ -95,6 +95,8 @@ def test_a_logger_started_while_the_server_is_down_sends_everything_when_it_is_b
 
 def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_server,
                                                                           cli_env, workdir):
+    """Two trials lose the server mid-run; the third starts without one, so its run is
+    created only by the resume."""
     server = mlflow_server
     server.start()
     (workdir / "base.yaml").write_text(textwrap.dedent(f"""
@@ -109,7 +111,7 @@ def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_
         name: lose-server
         base: base.yaml
         space:
-          model.cell: {grid: [lstm, gru]}
+          model.cell: {grid: [lstm, gru, rnn_tanh]}
         search: {max_concurrent_trials: 2}
         metric: val_loss
         mode: min
@@ -122,13 +124,13 @@ def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_
         assert run.poll() is None, run.communicate()[0]
         assert time.monotonic() < deadline, "the two trials did not both validate"
         time.sleep(0.5)
-    server.kill()  # both trial runs exist in MLflow; the rest of the sweep has no server
+    server.kill()  # two trial runs exist in MLflow; the rest of the sweep has no server
 
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output
     assert f"rnn-orch tune {sweep} --resume" in output, output
     kept = [Spool(str(directory / SPOOL_DIR)) for directory in trials.glob("lose-server-*")]
-    assert len(kept) == 2 and all(spool.entries() for spool in kept)
+    assert len(kept) == 3 and all(spool.entries() for spool in kept)
 
     server.start()
     resumed = subprocess.run([BIN / "rnn-orch", "tune", str(sweep), "--resume"], env=cli_env,
@@ -142,7 +144,8 @@ def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_
     [parent] = [r for r in runs if r.data.tags.get("rnn_orch.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and "best.trial" in parent.data.tags
-    assert len(children) == 2
+    assert sorted(child.data.params["model.cell"] for child in children) == [
+        "gru", "lstm", "rnn_tanh"]
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["rnn_orch.model_uri"].startswith("models:/")

@@ -180,3 +180,40 @@ def test_the_end_of_a_run_is_kept_until_it_is_recorded(spool_dir):
     assert spool.entries() == []  # not a batch to send
     spool.drop_ending()
     assert spool.ending() is None
+
+
+def test_a_run_that_could_not_be_created_is_created_by_the_first_send(store, spool_dir, gone,
+                                                                      tmp_path):
+    """A trial that starts while the server is away logs under the run id "" and keeps
+    what its run is made of; the first send once the server is back creates the run."""
+    uri, client = store
+    experiment = f"tests-{tmp_path.name}"
+    client.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    spool = Spool(spool_dir)
+    spool.keep_opening(gone, experiment, "sweep-t1", {"model.cell": "gru", "train.lr": 0.01},
+                       "model: {cell: gru}\n", {"mlflow.parentRunId": "parent"})
+    logger = MetricLogger(gone, "", spool_dir, flush_every_s=3600, notify=lambda _: None)
+    for step in (1, 2):
+        logger.log(step, {"train_loss": 1.0 / step})
+        logger.flush()
+    assert len(spool.entries()) == 2  # the opening is not an entry to send
+    assert client.search_runs([client.get_experiment_by_name(experiment).experiment_id]) == []
+
+    assert spool.send(uri) == 2  # the store, reached again (here under another URI)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.data.params == {"model.cell": "gru", "train.lr": "0.01"}
+    assert run.data.tags["mlflow.parentRunId"] == "parent"
+    assert run.data.tags["rnn_orch.run_name"] == "sweep-t1"
+    assert history(client, run.info.run_id, "train_loss") == [(1, 1.0), (2, 0.5)]
+    assert spool.run_id_for("") == run.info.run_id  # later entries go to the same run
+    spool.add_batch(uri, "", [], [])
+    assert spool.send(uri) == 1
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # created once
+
+
+def test_entries_without_a_run_and_nothing_to_create_it_from_stay_kept(spool_dir, gone):
+    spool = Spool(spool_dir)
+    spool.add_batch(gone, "", [], [])
+    with pytest.raises(FileNotFoundError, match="no run to create"):
+        spool.send()
+    assert len(spool.entries()) == 1
