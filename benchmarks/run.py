@@ -71,7 +71,7 @@ BENCHMARKS = (
               ("--batch", "64", "--steps", "100", "--hidden", "128", "--repeats", "11",
                "--threads", "2", "1"), minutes=2),
     Benchmark("parquet_pipeline", "Parquet through Ray Data against batches made in "
-              "memory", (), minutes=7),
+              "memory", ("--repeats", "3"), minutes=11),
     Benchmark("bucketing", "length bucketing of ragged Parquet rows against shuffled "
               "batches", (), minutes=9),
     Benchmark("packed_sequences", "packed against padded and bucketed batches",
