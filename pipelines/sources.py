@@ -9,7 +9,7 @@ the difficulty to validate at (None = the target).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -89,9 +89,9 @@ class ShardBatches:
     enough to continue mid-epoch where a run stopped.
 
     A shard that fits in memory (`keep_rows`: task.keep_rows_mb against the files' sizes,
-    the same on every rank and at every restart) is read through Ray Data once, in its files' order,
-    and every epoch, the first included, is cut from those rows, shuffled whole (unless
-    `shuffle_rows` is 0). Every pass of Ray Data costs a pause and CPU that small data
+    the same on every rank and at every restart) is read through Ray Data once, in its
+    files' order, and every epoch, the first included, is cut from those rows, shuffled
+    whole (unless `shuffle_rows` is 0). Every pass of Ray Data costs a pause and CPU that small data
     pays once an epoch: a split coordinator, read tasks, a streaming execution. On 2
     cores, with epochs of 40 steps, that took a tenth of the training throughput.
 
@@ -181,13 +181,13 @@ class ShardBatches:
                 raise self._too_few_rows()
             self._epoch, self._taken = self._epoch + 1, 0
 
-    def _streamed_windows(self, shuffle_seed: int) -> Iterator[list[dict[str, torch.Tensor]]]:
+    def _streamed_windows(self, shuffle_seed: int) -> Iterable[list[dict[str, torch.Tensor]]]:
         """One pass of Ray Data over the shard, in windows, through its shuffle buffer."""
-        return iter(self._train_shard.iter_torch_batches(
+        return self._train_shard.iter_torch_batches(
             batch_size=self._window_rows, collate_fn=self._window_collate,
             local_shuffle_buffer_size=self._shuffle_rows,
             local_shuffle_seed=shuffle_seed if self._shuffle_rows else None,
-        ))
+        )
 
     def _kept_windows(self, rows: pa.Table, shuffle_seed: int
                       ) -> Iterator[list[dict[str, torch.Tensor]]]:
