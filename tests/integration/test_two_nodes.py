@@ -115,11 +115,12 @@ def test_an_elastic_run_starts_small_and_grows_onto_a_node_that_joins(nodes, mlf
                                                                        cli_env, workdir):
     mlflow_server.start()
     # 1.5 CPUs per worker: the head (2 CPUs) has room for one worker until a node joins.
-    # One worker trains this model about 200 steps a second; the node takes seconds to
-    # join and Ray Train seconds more to decide and restart, so the run is long enough
-    # to be still going then.
-    args = [BIN / "rnn-orch", "train", CONFIG, "run.name=grow", "task.seq_len=20",
-            "model.hidden_size=16", "train.steps=8000", "train.eval_every=500",
+    # The node takes seconds to join and Ray Train seconds more to decide and restart, so
+    # the run must still be going then. This model trains about 100 steps a second on 2
+    # cores; one run grew only at step 2500, about 25 s in, and 8000 steps of a model of
+    # 16 units on 20 steps once ended in 17 s of training, before the run grew.
+    args = [BIN / "rnn-orch", "train", CONFIG, "run.name=grow", "task.seq_len=40",
+            "model.hidden_size=64", "train.steps=8000", "train.eval_every=500",
             "train.checkpoint_every=500", "scaling.min_workers=1", "scaling.num_workers=2",
             "scaling.cpus_per_worker=1.5", "scaling.resize_every_s=1",
             "tracking.experiment=tests", f"tracking.uri={mlflow_server.uri}"]
