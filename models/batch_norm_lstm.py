@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.custom_cells import CustomRecurrent, LayerRun, lstm_steps
+from models.process_group import distributed
 
 GAIN = 0.1  # initial BN gain, as Cooijmans et al. 2016 recommend
 
@@ -221,9 +222,3 @@ def shared_shape(inputs: torch.Tensor) -> tuple[int, int]:
     every = torch.stack(shapes)
     return int(every[:, 0].sum()), int(every[:, 1].max())
 
-
-def distributed() -> bool:
-    """Whether other ranks share the batch. A process group of one (a single Ray Train
-    worker has one) shares nothing: its collectives would return what they are given, at
-    the cost of a round trip for every step's statistics."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

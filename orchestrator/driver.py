@@ -45,6 +45,7 @@ from pipelines.errors import DataError
 from pipelines.labelled_sequences import read_classes
 from pipelines.parquet import (
     TaskInfo,
+    arrow_bytes,
     channel_statistics,
     difficulty_quantiles,
     read_task_info,
@@ -249,9 +250,12 @@ def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_i
                      board=None, init_checkpoint: ray.train.Checkpoint | None = None,
                      forecast: dict | None = None,
                      init_weights: dict | None = None, text: dict | None = None) -> dict:
-    """What every worker's loop receives, as plain values (see `train_loop_per_worker`)."""
+    """What every worker's loop receives, as plain values (see `train_loop_per_worker`).
+    The driver reads the Parquet footers for `train_bytes` once, not every worker."""
+    train_bytes = (arrow_bytes(Path(config.task.path) / "train")
+                   if config.task.name == "parquet" else 0)
     return {"config": config.to_dict(), "task": dataclasses.asdict(info),
-            "difficulty_quantiles": quantiles, "run_id": run_id,
+            "difficulty_quantiles": quantiles, "run_id": run_id, "train_bytes": train_bytes,
             "tracking_uri": config.tracking.uri, "board": board,
             "spool_dir": spool_directory(config.run.storage_path, config.run.name),
             "init_checkpoint": init_checkpoint, "forecast": forecast, "text": text,

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
+from models.process_group import distributed
 from orchestrator import objectives
 from orchestrator.clipping import Clipper
 from orchestrator.guard import DivergenceGuard, Verdict
@@ -103,12 +104,6 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
         value /= dist.get_world_size()
     return value
 
-
-def distributed() -> bool:
-    """Whether other ranks share the step. A single Ray Train worker runs in a process
-    group of one, where every collective would hand back what it was given, at the cost
-    of a round trip (as `models.batch_norm_lstm.distributed` has it for the statistics)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

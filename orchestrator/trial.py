@@ -60,6 +60,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     It only trains. A scheduler may stop it at any report, the last one included, so the
     sweep driver, not the trial, logs each completed trial's model and closes its run.
     """
+    tracking.fail_fast_http()  # this process's own: Ray started it before the sweep set it
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(context, params, trial_id)
     info = driver.task_info(config)
@@ -83,7 +84,6 @@ def open_trial_run(config: Config, tags: dict[str, str]) -> str:
     """The trial's MLflow run id; "" when the tracking server is away, with the run kept in
     the trial's spool to be created once the server is back (`Spool.keep_opening`): a
     trial never fails or waits for want of a server."""
-    tracking.fail_fast_http()  # this process's own: Ray started it before the sweep set it
     uri = config.tracking.uri
     arguments = (uri, config.tracking.experiment, config.run.name, config.flat(),
                  config.to_yaml(), tags)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from models import ModelSpec, build_model
+from models.process_group import distributed
 from orchestrator import checkpoints, objectives
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config
@@ -42,7 +43,6 @@ from orchestrator.progress import ProgressPoster
 from orchestrator.training_step import (
     Place,
     clip_gradients,
-    distributed,
     forward_backward,
     judge,
     predict,
@@ -51,7 +51,7 @@ from orchestrator.training_step import (
     unwrap,
 )
 from orchestrator.transfer import Freezer, param_groups
-from pipelines.parquet import TaskInfo, arrow_bytes
+from pipelines.parquet import TaskInfo
 from pipelines.ray_datasets import PaddingCollate, WindowCollate
 from pipelines.sources import ShardBatches, SyntheticBatches, resized
 from pipelines.synthetic import make_task, rng_for
@@ -92,7 +92,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         adopt_hyperparameters(config, optimizer, clipper)
     guard = make_guard(config, state)
     precision = make_precision(config, state, place)
-    batches = make_batches(config, info, place, forecast, layout, text, state)
+    batches = make_batches(config, info, place, forecast, layout, text, state,
+                           loop_config["train_bytes"])
     carried = make_carried_state(text, state, place)
     recorder = Recorder(loop_config, place, optimizer) if place.rank == 0 else None
     diagnostics = make_diagnostics(config, objective, state, place)
@@ -332,9 +333,12 @@ def make_diagnostics(config: Config, objective: objectives.Objective, state: dic
 
 
 def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | None,
-                 layout: ForecastLayout | None, text: dict | None, state: dict | None):
+                 layout: ForecastLayout | None, text: dict | None, state: dict | None,
+                 train_bytes: int):
     """This rank's batches; a Parquet stream continues from the position its checkpoint
-    kept (the other sources derive their position from the step)."""
+    kept (the other sources derive their position from the step). `train_bytes`: what a
+    Parquet training split takes as Arrow (`driver.make_loop_config`), against
+    task.keep_rows_mb for this many workers."""
     if text:
         return TextBatches(text["directory"], TextLayout.from_json(text["layout"]),
                            config.train.batch_size, config.task.bptt, place.rank, place.world)
@@ -355,7 +359,7 @@ def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | 
             config.seed,
             place.rank,
             position=data_position(state, place),
-            keep_rows=arrow_bytes(Path(t.path) / "train") <= t.keep_rows_mb * 2**20 * place.world,
+            keep_rows=train_bytes <= t.keep_rows_mb * 2**20 * place.world,
         )
     task = make_task(config.task.name, config.task.seq_len)
     return SyntheticBatches(task, config.seed, place.rank, place.world,

@@ -6,6 +6,7 @@ client on this machine reads it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -134,3 +135,28 @@ def mlflow_server(tmp_path):
     server.root.mkdir()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def alone_in_a_group(tmp_path, monkeypatch):
+    """A context manager: its block runs in a gloo process group of one, where any
+    collective fails the test. A single Ray Train worker runs in such a group, and must
+    not pay a round trip per step in it."""
+    import torch.distributed as dist
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a collective in a process group of one")
+
+    @contextlib.contextmanager
+    def group():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                                world_size=1)
+        try:
+            with monkeypatch.context() as patch:
+                for collective in ("all_reduce", "all_gather", "broadcast"):
+                    patch.setattr(dist, collective, refuse)
+                yield
+        finally:
+            dist.destroy_process_group()
+
+    return group

@@ -166,24 +166,15 @@ def run_rank(rank, world, store, out_dir):
     dist.destroy_process_group()
 
 
-def test_a_group_of_one_takes_no_collectives(tmp_path, monkeypatch):
+def test_a_group_of_one_takes_no_collectives(alone_in_a_group):
     """One Ray Train worker runs in a process group of one: its statistics are its own
     batch's, without a round trip per step."""
     x = torch.randn(BATCH, STEPS, FEATURES)
     torch.manual_seed(0)
     alone = one_training_step(BatchNormLSTM(FEATURES, HIDDEN).train(), x)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
-    try:
-        def refuse(*args, **kwargs):
-            raise AssertionError("a collective in a process group of one")
-
-        monkeypatch.setattr(dist, "all_reduce", refuse)
-        monkeypatch.setattr(dist, "all_gather", refuse)
+    with alone_in_a_group():
         torch.manual_seed(0)
         grouped = one_training_step(BatchNormLSTM(FEATURES, HIDDEN).train(), x)
-    finally:
-        dist.destroy_process_group()
     assert torch.equal(grouped, alone)
 
 

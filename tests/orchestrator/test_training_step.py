@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 from models import ModelSpec, build_model
@@ -120,21 +119,13 @@ def test_read_figures_keeps_numbers_and_names_and_reads_bools_as_0_or_1():
     assert read_figures({"threshold": 2.0}) == {"threshold": 2.0}
 
 
-def test_a_step_in_a_process_group_of_one_takes_no_collectives(tmp_path, monkeypatch):
+def test_a_step_in_a_process_group_of_one_takes_no_collectives(alone_in_a_group):
     """A single Ray Train worker runs in a process group of one: its loss is its own, with
     no all-reduce every step."""
     step = guarded_step("lstm", "norm", Precision("fp32", CPU), adding_batch(0),
                         objectives.of("regression"))
     alone = step()
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
-    try:
-        def refuse(*args, **kwargs):
-            raise AssertionError("a collective in a process group of one")
-
-        monkeypatch.setattr(dist, "all_reduce", refuse)
+    with alone_in_a_group():
         grouped = guarded_step("lstm", "norm", Precision("fp32", CPU), adding_batch(0),
                                objectives.of("regression"))()
-    finally:
-        dist.destroy_process_group()
     assert grouped == alone
