@@ -102,7 +102,7 @@ def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_
     (workdir / "base.yaml").write_text(textwrap.dedent(f"""
         task: {{name: adding, seq_len: 20, val_size: 256}}
         model: {{hidden_size: 16}}
-        train: {{steps: 300, batch_size: 32, eval_every: 50, checkpoint_every: 50}}
+        train: {{steps: 600, batch_size: 32, eval_every: 50, checkpoint_every: 50}}
         scaling: {{num_workers: 1, cpus_per_worker: 0.9}}
         tracking: {{experiment: tests, uri: "{server.uri}"}}
         """))
@@ -120,7 +120,10 @@ def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_
     run = subprocess.Popen([BIN / "rnn-orch", "tune", str(sweep)], env=cli_env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
-    while len(list(trials.glob("lose-server-*/checkpoint_00000050"))) < 2:
+    # Any checkpoint of a trial will do: the oldest are deleted as new ones come, and a
+    # trial trains its 600 steps in seconds (one sweep here ended before a poll saw
+    # both trials' checkpoint_00000050 of a 300-step run).
+    while len({path.parent for path in trials.glob("lose-server-*/checkpoint_*")}) < 2:
         assert run.poll() is None, run.communicate()[0]
         assert time.monotonic() < deadline, "the two trials did not both validate"
         time.sleep(0.5)
@@ -149,5 +152,5 @@ def test_a_sweep_outlives_its_tracking_server_and_resume_records_its_end(mlflow_
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["rnn_orch.model_uri"].startswith("models:/")
-        assert steps_of(client, child.info.run_id, "train_loss") == list(range(1, 301))
-        assert steps_of(client, child.info.run_id, "val_loss") == list(range(50, 301, 50))
+        assert steps_of(client, child.info.run_id, "train_loss") == list(range(1, 601))
+        assert steps_of(client, child.info.run_id, "val_loss") == list(range(50, 601, 50))
