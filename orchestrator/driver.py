@@ -30,7 +30,14 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from models import build_model
-from orchestrator import checkpoints, classification, objectives, shared_storage, tracking
+from orchestrator import (
+    allocator,
+    checkpoints,
+    classification,
+    objectives,
+    shared_storage,
+    tracking,
+)
 from orchestrator.config import Config, load_config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
@@ -354,8 +361,8 @@ def _results(tasks: list) -> list:
 def make_trainer(config: Config, loop_config: dict, verbose: bool,
                  callbacks: list | None = None) -> TorchTrainer:
     """The Ray Train run: its name and storage make a restart a resume; checkpoints are
-    ranked by val_loss (the latest is always kept too). A sweep's trial adds Tune's
-    report callback."""
+    ranked by val_loss (the latest is always kept too); the workers keep the memory they
+    free (`orchestrator.allocator`). A sweep's trial adds Tune's report callback."""
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -371,6 +378,7 @@ def make_trainer(config: Config, loop_config: dict, verbose: bool,
             ),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=callbacks,
+            worker_runtime_env=allocator.worker_runtime_env(),
         ),
         datasets=parquet_datasets(config) if config.task.name == "parquet" else None,
         dataset_config=ordered_training_data(),
