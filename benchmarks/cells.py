@@ -5,8 +5,9 @@ lstm/gru, ln_lstm/ln_gru/bn_lstm, lstm with weight drop, and for one layer ln_ls
 hand-written backward through time, `hand_written_bptt`) on the same random batch,
 CPU by default. Repetitions go round-robin over the cells, so a change in machine load
 hits every cell alike; the median is reported with its ratio to the matching fused cell.
-Writes a Markdown table per thread count with the command, the machine and the load it
-ran under.
+It runs with the malloc settings of rnn-orch's training workers, as the cells run in
+training (`machine.with_workers_malloc`). Writes a Markdown table per thread count with
+the command, the machine, the malloc settings and the load it ran under.
 
     .venv/bin/python benchmarks/cells.py
     .venv/bin/python benchmarks/cells.py --batch 64 --steps 100 --hidden 128 --repeats 11 \\
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import hand_written_bptt
 import torch
-from machine import describe
+from machine import describe, with_workers_malloc
 
 from models.cells import build_recurrent
 from models.init import initialize_recurrent
@@ -52,6 +53,7 @@ def main() -> None:
                         choices=list(FUSED_REFERENCE))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cells.md"))
     args = parser.parse_args()
+    args.malloc = with_workers_malloc()
 
     torch.manual_seed(0)
     inputs = torch.randn(args.batch, args.steps, args.features)
@@ -141,7 +143,8 @@ def header(args: argparse.Namespace) -> str:
         f"steps per cell after {args.warmup} warm-up steps; ratio = median / median of "
         "the fused cell of the same family (lstm or gru). Cells take turns step by "
         "step, so a change in load hits them alike; a load average above the number of "
-        "cores means other processes competed for them, which makes times noisier.",
+        "cores means other processes competed for them, which makes times noisier. "
+        f"Malloc: {args.malloc}.",
         "",
     ]) + "\n"
 

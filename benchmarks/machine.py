@@ -9,6 +9,8 @@ import platform
 import sys
 from pathlib import Path
 
+from orchestrator import allocator
+
 
 def describe() -> str:
     """CPU model, cores, memory, OS and Python, e.g. "AMD EPYC, 2 CPU cores, 25 GB RAM,
@@ -33,3 +35,18 @@ def results_header(title: str) -> list[str]:
     command = " ".join([f".venv/bin/python benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     return [f"# {title}", "", f"- Machine: {describe()}",
             f"- Date: {datetime.date.today().isoformat()}", f"- Command: `{command}`"]
+
+
+def with_workers_malloc() -> str:
+    """Run this benchmark under the malloc settings of rnn-orch's training workers
+    (`orchestrator.allocator`): glibc reads them only as a process starts, so without a
+    GLIBC_TUNABLES in the environment the script starts again with them. A GLIBC_TUNABLES
+    already set (`GLIBC_TUNABLES= python ...` for glibc's defaults) is kept. Returns the
+    setting in words, for the results file."""
+    environment = allocator.worker_runtime_env().get("env_vars", {})
+    if environment:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **environment})
+    tunables = os.environ[allocator.TUNABLES]
+    if tunables == allocator.KEEP_FREED_MEMORY:
+        return f"`{allocator.TUNABLES}={tunables}`, as in rnn-orch's training workers"
+    return f"`{allocator.TUNABLES}={tunables}`" if tunables else "glibc's defaults"

@@ -10,8 +10,8 @@ process:
 - two independent: two plain processes side by side, not talking: the machine's own
   limit for two ranks;
 - a hand-written Ray Train script, 1 worker and 2 workers: the plain loop as a
-  TorchTrainer's train function (`prepare_model` for DDP), on the same Ray and CPUs per
-  worker as rnn-orch: what Ray Train itself costs;
+  TorchTrainer's train function (`prepare_model` for DDP), on the same Ray, CPUs per
+  worker and malloc settings as rnn-orch: what Ray Train itself costs;
 - rnn-orch, 1 worker and 2 workers: `driver.train` on a local Ray, as `rnn-orch train`
   runs it (MLflow logging, the guard and its snapshots, the progress line), validating
   and checkpointing only at the end. Its steady state is timed between two steps' MLflow
@@ -21,7 +21,7 @@ rnn-orch's workers keep the memory they free (`orchestrator.allocator`), which a
 loop does not do unless its author knows to; so the three plain ways run twice, as
 written and with the same malloc settings ("memory kept"). The second is the like for
 like comparison that the targets are judged on: it leaves the allocator out of the
-overhead.
+overhead. The Ray Train script runs with them too, so that it shows Ray's own cost.
 
 The ways take turns, `--repeats` times, and each figure is the median. The plain ways
 run while Ray is down; rnn-orch's figures carry the CPU its own processes take. Targets:
@@ -155,13 +155,14 @@ def plain_loop(config_dict: dict, rank: int, world: int, ddp: bool, skip: int, s
 
 def ray_train_throughput(config: Config, workers: int, args, scratch: str) -> float:
     """Tokens/s of the plain loop in a minimal hand-written Ray Train script (TorchTrainer,
-    `prepare_model`, nothing else), summed over its workers."""
+    `prepare_model`, rnn-orch's malloc settings, nothing else), summed over its workers."""
     trainer = ray.train.torch.TorchTrainer(
         ray_train_loop, train_loop_config={"config": config.to_dict(), "skip": args.skip,
                                            "steps": args.steps, "scratch": scratch},
         scaling_config=driver.scaling_config(apply_overrides(
             config, [f"scaling.num_workers={workers}"])),
-        run_config=ray.train.RunConfig(storage_path=scratch, name=f"plain-{time.time_ns()}"))
+        run_config=ray.train.RunConfig(storage_path=scratch, name=f"plain-{time.time_ns()}",
+                                       worker_runtime_env=allocator.worker_runtime_env()))
     trainer.fit()
     tokens_per_second = sum(float(Path(scratch, f"rank{rank}").read_text())
                             for rank in range(workers))
