@@ -9,8 +9,9 @@ states); its backward is written by hand, step by step backwards, with ATen's ow
 layer-norm backward kernels, and the gradients of the recurrent weight and of the gains
 are summed over all steps at once. `check` verifies it computes the shipped layer's
 outputs and gradients before it is timed. It is not in `models/` because it measured
-slower there (see benchmarks/results/cells.md): a step's cost is in its twenty-odd small
-kernels, not in autograd's bookkeeping.
+no faster (0.96-1.09x of the shipped loop with the workers' malloc settings, 1.2-1.3x
+with glibc's defaults; benchmarks/results/cells.md): a step's cost is in its twenty-odd
+small kernels, not in autograd's bookkeeping.
 """
 
 from __future__ import annotations

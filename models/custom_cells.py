@@ -15,9 +15,9 @@ side is one large product over the whole sequence. Steps are taken with ``unbind
 than ``ih[:, t]``: the backward of an index writes a full-size zero tensor per step, which
 made a 100-step loop four times slower. Measured on torch 2.13 (CPU), a TorchScript or
 ``torch.compile`` version of this loop was no faster, and ``torch.jit.script`` is
-deprecated there; a backward through time written by hand was slower
-(``benchmarks/hand_written_bptt.py``): the per-step work is in the kernels, not in Python
-or in autograd.
+deprecated there; a backward through time written by hand was no faster (0.96-1.09x of
+this loop, ``benchmarks/hand_written_bptt.py``): the per-step work is in the kernels, not
+in Python or in autograd.
 
 The parameters keep torch's names and layout (``weight_ih_l{k}``, ``weight_hh_l{k}``,
 ``bias_ih_l{k}``, ``bias_hh_l{k}``, gates stacked along the rows in torch's order), so
