@@ -9,13 +9,15 @@ logged (Ray Train's controller and worker processes, their imports, the process 
 and the command's end (checkpoint, model logged, Ray stopped). Ray Train's controller log
 gives the split of its worker-group start.
 
-Three variants of the command take turns with the floor, so a change in machine load
+Four variants of the command take turns with the floor, so a change in machine load
 hits them alike: as shipped (on a local Ray, Ray Train's preemption watcher is off and its
 controller polls its workers every 0.5 s, see `driver.start_ray`), with Ray's default
-2 s poll, and with the watcher forced on (Ray's default). Medians of the repeats are
-reported. Exits non-zero when it could not measure.
+2 s poll, with the watcher forced on (Ray's default), and with glibc's malloc defaults
+(`GLIBC_TUNABLES=`: the workers then need no runtime environment of their own, see
+`orchestrator.allocator`). Medians of the repeats are reported. Exits non-zero when it
+could not measure.
 
-    .venv/bin/python benchmarks/startup.py                       # about 8 minutes on 2 cores
+    .venv/bin/python benchmarks/startup.py                       # about 11 minutes on 2 cores
     .venv/bin/python benchmarks/startup.py --repeats 3 --out benchmarks/results/startup.md
 """
 
@@ -45,7 +47,8 @@ ONE_STEP = ["task.seq_len=20", "model.hidden_size=16", "train.steps=1", "train.e
 VARIANTS = {"rnn-orch train": {},
             "with Ray Train's 2 s health-check interval": {
                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"},
-            "with the preemption watcher": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}}
+            "with the preemption watcher": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"},
+            "with glibc's malloc defaults": {"GLIBC_TUNABLES": ""}}
 # Ray Train's controller log: "[Worker Group Initialization] <what> in <seconds>s".
 PHASES = {"actors": r"(\d+) worker actors created in ([\d.]+)s",
           "context": r"Train context initialized on workers in ([\d.]+)s",
