@@ -66,7 +66,7 @@ BENCHMARKS = (
                                               "40", "--repeats", "1"),
               script="overhead.py", minutes=12),
     Benchmark("startup", "seconds from the command to the first step, against a bare "
-              "ray.init()", ("--repeats", "2"), minutes=6),
+              "ray.init()", ("--repeats", "2"), minutes=9),
     Benchmark("cells", "normalized cells against torch's fused ones, forward + backward",
               ("--batch", "64", "--steps", "100", "--hidden", "128", "--repeats", "11",
                "--threads", "2", "1"), minutes=2),
