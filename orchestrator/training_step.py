@@ -105,7 +105,6 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
