@@ -182,7 +182,7 @@ class BatchNormLSTM(CustomRecurrent):
         # term keeps the last step in this rank's graph, and every step before it.
         hidden = run.hidden[:steps]
         hidden[-1] = hidden[-1] + 0 * run.hidden[-1].sum()
-        return run._replace(hidden=hidden)
+        return run._replace(outputs=torch.stack(hidden, dim=1), hidden=hidden)
 
 
 def moments_over_ranks(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:

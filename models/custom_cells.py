@@ -43,9 +43,12 @@ StepNorm = Callable[[torch.Tensor, int], torch.Tensor]  # (pre-activation, step 
 
 
 class LayerRun(NamedTuple):
-    """One layer over the sequence: h_t for every t, the final state, and, when unrolling,
-    the post-activation gates by name, each (B, T, H)."""
+    """One layer over the sequence: its outputs (B, T, H); h_t for every t as the tensors
+    the next step was computed from (empty from a compiled kernel, which is not used when
+    unrolling); the final state; and, when unrolling, the post-activation gates by name,
+    each (B, T, H)."""
 
+    outputs: torch.Tensor
     hidden: list[torch.Tensor]
     final: tuple[torch.Tensor, ...]
     gates: dict[str, torch.Tensor]
@@ -100,7 +103,7 @@ class CustomRecurrent(nn.Module, abc.ABC):
             if k:
                 layer_inputs = F.dropout(layer_inputs, self.dropout, self.training)
             run = self._layer(k, layer_inputs, unrolling, initial[k])
-            layer_inputs = torch.stack(run.hidden, dim=1)
+            layer_inputs = run.outputs
             finals.append(run.final)
         return layer_inputs, run.hidden, finals, run.gates
 
@@ -149,7 +152,8 @@ def lstm_steps(ih: torch.Tensor, weight_hh: torch.Tensor, norm_hh: StepNorm,
         hidden.append(h)
         if keep_gates:
             gate_steps.append((i, f, o))
-    return LayerRun(hidden, (h, c), stacked_gates(("input", "forget", "output"), gate_steps))
+    return LayerRun(torch.stack(hidden, dim=1), hidden, (h, c),
+                    stacked_gates(("input", "forget", "output"), gate_steps))
 
 
 def gru_steps(ih: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor,
@@ -180,7 +184,8 @@ def gru_steps(ih: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor,
         hidden.append(h)
         if keep_gates:
             gate_steps.append((r, z))
-    return LayerRun(hidden, (h,), stacked_gates(("reset", "update"), gate_steps))
+    return LayerRun(torch.stack(hidden, dim=1), hidden, (h,),
+                    stacked_gates(("reset", "update"), gate_steps))
 
 
 def stacked_gates(names: tuple[str, ...],

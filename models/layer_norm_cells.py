@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import ln_lstm_kernel
 from models.custom_cells import CustomRecurrent, LayerRun, gru_steps, lstm_steps
 
 
@@ -51,14 +52,19 @@ class BlockLayerNorm(nn.Module):
 
 
 class LayerNormLSTM(CustomRecurrent):
-    """``ln_lstm``: an LSTM with layer normalization, torch's layout and gate order."""
+    """``ln_lstm``: an LSTM with layer normalization, torch's layout and gate order.
+
+    Its forward runs the compiled time loop of ``models.ln_lstm_kernel`` where that
+    applies (CPU, float32 or float64, the kernel built); ``unroll``, a GPU, autocast,
+    ``normalize=False`` and ``compiled=False`` run the Python loop, which computes the same.
+    """
 
     gate_count = 4
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0, normalize: bool = True) -> None:
+                 dropout: float = 0.0, normalize: bool = True, compiled: bool = True) -> None:
         super().__init__(input_size, hidden_size, num_layers, dropout)
-        self.normalize = normalize
+        self.normalize, self.compiled = normalize, compiled
         for k in range(num_layers):
             self.add_module(f"norm_ih_l{k}", _norm(normalize, 4, hidden_size))
             self.add_module(f"norm_hh_l{k}", _norm(normalize, 4, hidden_size))
@@ -67,8 +73,14 @@ class LayerNormLSTM(CustomRecurrent):
     def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
                initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
-        norm_hh, norm_cell = getattr(self, f"norm_hh_l{k}"), getattr(self, f"norm_cell_l{k}")
-        ih = getattr(self, f"norm_ih_l{k}")(F.linear(inputs, weight_ih)) + (bias_ih + bias_hh)
+        norm_ih, norm_hh, norm_cell = (getattr(self, f"norm_{part}_l{k}")
+                                       for part in ("ih", "hh", "cell"))
+        if self.compiled and self.normalize and not unrolling and ln_lstm_kernel.applies(inputs):
+            outputs, final = ln_lstm_kernel.layer(
+                inputs, weight_ih, weight_hh, bias_ih + bias_hh, norm_ih.weight, norm_hh.weight,
+                norm_cell.weight, norm_cell.bias, norm_cell.eps, initial)
+            return LayerRun(outputs, [], final, {})
+        ih = norm_ih(F.linear(inputs, weight_ih)) + (bias_ih + bias_hh)
         return lstm_steps(ih, weight_hh, lambda x, t: norm_hh(x), lambda c, t: norm_cell(c),
                           keep_gates=unrolling, initial=initial)
 

@@ -41,7 +41,10 @@ def test_unroll_is_the_forward_pass(cell, training):
     x = inputs()
     unrolled = rnn.unroll(x)
     assert isinstance(unrolled, Unrolled)
-    torch.testing.assert_close(unrolled.outputs, rnn(x)[0], atol=0, rtol=0)
+    # ln_lstm's forward runs its compiled kernel, unroll the Python loop: the same sums
+    # in another order
+    exact = dict(atol=1e-6, rtol=1e-5) if cell == "ln_lstm" else dict(atol=0, rtol=0)
+    torch.testing.assert_close(unrolled.outputs, rnn(x)[0], **exact)
     assert len(unrolled.hidden) == STEPS
     torch.testing.assert_close(torch.stack(unrolled.hidden, dim=1), unrolled.outputs,
                                atol=0, rtol=0)
