@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ln_lstm_kernel
+from models import layer_norm_kernels
 from models.custom_cells import CustomRecurrent, LayerRun, gru_steps, lstm_steps
 
 
@@ -54,7 +54,7 @@ class BlockLayerNorm(nn.Module):
 class LayerNormLSTM(CustomRecurrent):
     """``ln_lstm``: an LSTM with layer normalization, torch's layout and gate order.
 
-    Its forward runs the compiled time loop of ``models.ln_lstm_kernel`` where that
+    Its forward runs a compiled time loop (``models.layer_norm_kernels``) where that
     applies (CPU, float32 or float64, the kernel built); ``unroll``, a GPU, autocast,
     ``normalize=False`` and ``compiled=False`` run the Python loop, which computes the same.
     """
@@ -75,8 +75,8 @@ class LayerNormLSTM(CustomRecurrent):
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_ih, norm_hh, norm_cell = (getattr(self, f"norm_{part}_l{k}")
                                        for part in ("ih", "hh", "cell"))
-        if self.compiled and self.normalize and not unrolling and ln_lstm_kernel.applies(inputs):
-            outputs, final = ln_lstm_kernel.layer(
+        if _runs_compiled(self, inputs, unrolling):
+            outputs, final = layer_norm_kernels.lstm_layer(
                 inputs, weight_ih, weight_hh, bias_ih + bias_hh, norm_ih.weight, norm_hh.weight,
                 norm_cell.weight, norm_cell.bias, norm_cell.eps, initial)
             return LayerRun(outputs, [], final, {})
@@ -86,14 +86,15 @@ class LayerNormLSTM(CustomRecurrent):
 
 
 class LayerNormGRU(CustomRecurrent):
-    """``ln_gru``: a GRU with layer normalization, torch's layout and gate order."""
+    """``ln_gru``: a GRU with layer normalization, torch's layout and gate order; a
+    compiled time loop where it applies, as ``LayerNormLSTM``."""
 
     gate_count = 3
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0, normalize: bool = True) -> None:
+                 dropout: float = 0.0, normalize: bool = True, compiled: bool = True) -> None:
         super().__init__(input_size, hidden_size, num_layers, dropout)
-        self.normalize = normalize
+        self.normalize, self.compiled = normalize, compiled
         for k in range(num_layers):
             self.add_module(f"norm_ih_l{k}", _norm(normalize, 3, hidden_size))
             self.add_module(f"norm_hh_l{k}", _norm(normalize, 3, hidden_size))
@@ -101,10 +102,23 @@ class LayerNormGRU(CustomRecurrent):
     def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
                initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
-        norm_hh = getattr(self, f"norm_hh_l{k}")
-        ih = getattr(self, f"norm_ih_l{k}")(F.linear(inputs, weight_ih)) + bias_ih
+        norm_ih, norm_hh = getattr(self, f"norm_ih_l{k}"), getattr(self, f"norm_hh_l{k}")
+        if _runs_compiled(self, inputs, unrolling):
+            outputs, final = layer_norm_kernels.gru_layer(
+                inputs, weight_ih, weight_hh, bias_ih, bias_hh, norm_ih.weight, norm_hh.weight,
+                norm_hh.eps, initial)
+            return LayerRun(outputs, [], final, {})
+        ih = norm_ih(F.linear(inputs, weight_ih)) + bias_ih
         return gru_steps(ih, weight_hh, bias_hh, lambda x, t: norm_hh(x), keep_gates=unrolling,
                          initial=initial)
+
+
+def _runs_compiled(cell: LayerNormLSTM | LayerNormGRU, inputs: torch.Tensor,
+                   unrolling: bool) -> bool:
+    """Whether a layer of ``cell`` runs its compiled time loop: not when unrolling, which
+    needs every step's tensors, nor without normalisation, nor where no kernel applies."""
+    return (cell.compiled and cell.normalize and not unrolling
+            and layer_norm_kernels.applies(inputs))
 
 
 def _norm(normalize: bool, blocks: int, width: int, shift: bool = False) -> nn.Module:

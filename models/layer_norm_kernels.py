@@ -1,0 +1,162 @@
+"""The time loops of the ``ln_lstm`` and ``ln_gru`` layers as compiled kernels on CPU,
+forward and backward (``models/kernels/layer_norm_cells.cpp``).
+
+Why: a layer-normalized cell has to normalise between the recurrent product and the
+gates, where torch's fused LSTM and GRU give no access, so its Python loop runs
+twenty-odd small ATen kernels per step, each a pass over memory. A kernel does one matrix
+product per step and all the element-wise work of a row in one pass; its backward,
+written by hand, keeps only what it needs and sums the recurrent weight's gradient over
+all steps in one product. ``benchmarks/cells.py`` measures both against the fused cells
+and the Python loop.
+
+They are built on first use by torch's extension builder, for the CPU they run on
+(``-march=native``): the build is cached under torch's extensions folder
+(``TORCH_EXTENSIONS_DIR``) by a name that carries a digest of the CPU's model and flags,
+so nodes of different CPUs that share a home folder each build their own, and the
+processes of one node wait for one build. Where they cannot be built (no C++ compiler),
+one warning says so and the cells run their Python loop, which computes the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+_SOURCE = Path(__file__).with_name("kernels") / "layer_norm_cells.cpp"
+_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
+_log = logging.getLogger(__name__)
+
+
+def applies(inputs: torch.Tensor) -> bool:
+    """Whether a kernel runs this layer: on CPU, in float32 or float64, outside CPU
+    autocast (whose lower precision the kernels do not compute in), once they are built."""
+    return (inputs.device.type == "cpu" and inputs.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu") and _ops() is not None)
+
+
+def lstm_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+               bias: torch.Tensor, gain_ih: torch.Tensor, gain_hh: torch.Tensor,
+               gain_cell: torch.Tensor, shift_cell: torch.Tensor, eps: float,
+               initial: tuple[torch.Tensor, ...] | None):
+    """One ``ln_lstm`` layer over ``inputs`` (B, T, F): outputs (B, T, H) and (h_T, c_T).
+
+    ``bias`` is both torch-layout biases summed; the gains and the shift are those of
+    ``LayerNormLSTM``'s norms.
+    """
+    h0, c0 = initial or (_zero_state(inputs, weight_hh),) * 2
+    outputs, h_last, c_last = _LSTMTimeLoop.apply(
+        _time_major_product(inputs, weight_ih), bias, gain_ih, weight_hh, gain_hh, gain_cell,
+        shift_cell, h0, c0, eps)
+    return outputs, (h_last, c_last)
+
+
+def gru_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+              bias_ih: torch.Tensor, bias_hh: torch.Tensor, gain_ih: torch.Tensor,
+              gain_hh: torch.Tensor, eps: float, initial: tuple[torch.Tensor, ...] | None):
+    """One ``ln_gru`` layer over ``inputs`` (B, T, F): outputs (B, T, H) and (h_T,)."""
+    (h0,) = initial or (_zero_state(inputs, weight_hh),)
+    outputs, h_last = _GRUTimeLoop.apply(_time_major_product(inputs, weight_ih), bias_ih,
+                                         gain_ih, weight_hh, bias_hh, gain_hh, h0, eps)
+    return outputs, (h_last,)
+
+
+def _time_major_product(inputs: torch.Tensor, weight_ih: torch.Tensor) -> torch.Tensor:
+    """W_ih x_t for every step, (T, B, gates): a step's rows contiguous for the kernel."""
+    return F.linear(inputs.transpose(0, 1), weight_ih).contiguous()
+
+
+def _zero_state(inputs: torch.Tensor, weight_hh: torch.Tensor) -> torch.Tensor:
+    return inputs.new_zeros(inputs.size(0), weight_hh.size(1))
+
+
+def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.contiguous() for t in tensors]
+
+
+class _LSTMTimeLoop(torch.autograd.Function):
+    """xp (T, B, 4H), the input side of every step before its norm -> outputs (B, T, H),
+    h_T and c_T."""
+
+    @staticmethod
+    def forward(ctx, xp, bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0, eps):
+        params = _contiguous(bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
+        outputs, *saved = _ops().ln_lstm_forward(xp, *params, eps)
+        ctx.save_for_backward(xp, *params[1:5], *saved)
+        hs, cells = saved[0], saved[1]  # (T+1, B, H): the last step is the final state
+        return outputs, hs[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_outputs, d_h_last, d_c_last):
+        xp, gain_ih, weight_hh, gain_hh, gain_cell, *saved = ctx.saved_tensors
+        grads = _ops().ln_lstm_backward(d_outputs.contiguous(), xp, d_h_last, d_c_last,
+                                         gain_ih, weight_hh, gain_hh, gain_cell, saved)
+        return (*grads, None)  # none for eps
+
+
+class _GRUTimeLoop(torch.autograd.Function):
+    """xp (T, B, 3H), the input side of every step before its norm -> outputs (B, T, H)
+    and h_T."""
+
+    @staticmethod
+    def forward(ctx, xp, bias_ih, gain_ih, weight_hh, bias_hh, gain_hh, h0, eps):
+        params = _contiguous(bias_ih, gain_ih, weight_hh, bias_hh, gain_hh, h0)
+        outputs, *saved = _ops().ln_gru_forward(xp, *params, eps)
+        ctx.save_for_backward(xp, *params[1:5], *saved)
+        return outputs, saved[0][-1].clone()  # hs (T+1, B, H) ends with the final state
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_outputs, d_h_last):
+        xp, gain_ih, weight_hh, bias_hh, gain_hh, *saved = ctx.saved_tensors
+        grads = _ops().ln_gru_backward(d_outputs.contiguous(), xp, d_h_last, gain_ih,
+                                        weight_hh, bias_hh, gain_hh, saved)
+        return (*grads, None)  # none for eps
+
+
+@functools.cache
+def _ops():
+    """The kernels' ops once built and loaded, or None (with one warning) when they cannot
+    be built here."""
+    try:
+        _put_ninja_on_path()
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(name=f"rnn_orch_layer_norm_cells_{_cpu_digest()}",
+                           sources=[str(_SOURCE)], extra_cflags=_FLAGS,
+                           extra_ldflags=["-fopenmp"], is_python_module=False)
+    except Exception as error:  # a missing or failing compiler: fall back, say why
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        _log.warning("ln_lstm and ln_gru run their Python time loop: their compiled kernels "
+                     "could not be built from %s (%s)", _SOURCE, reason)
+        return None
+    return torch.ops.rnn_orch
+
+
+def _put_ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the ``ninja`` package installs it next to
+    the interpreter, which is not on PATH when the interpreter is called by its path."""
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def _cpu_digest() -> str:
+    """A digest of this CPU's model and instruction sets: what ``-march=native`` built for."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        described = [line for line in cpuinfo.splitlines()
+                     if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    except OSError:  # not Linux
+        described = [platform.machine(), platform.processor()]
+    return hashlib.sha256("\n".join(described).encode()).hexdigest()[:12]
