@@ -1,10 +1,11 @@
 """How much slower are the normalized cells than torch's fused ones? Side by side, one run.
 
 Times one training step's forward and backward through each recurrent layer (fused
-lstm/gru, ln_lstm/ln_gru/bn_lstm, lstm with weight drop, and ln_lstm's Python time loop,
-which its compiled kernel replaces on CPU, `models.ln_lstm_kernel`) on the same random
-batch, CPU by default. Repetitions go round-robin over the cells, so a change in machine load
-hits every cell alike; the median is reported with its ratio to the matching fused cell.
+lstm/gru, ln_lstm/ln_gru/bn_lstm, lstm with weight drop, and the Python time loops of
+ln_lstm and ln_gru, which their compiled kernels replace on CPU,
+`models.layer_norm_kernels`) on the same random batch, CPU by default. Repetitions go
+round-robin over the cells, so a change in machine load hits every cell alike; the
+median is reported with its ratio to the matching fused cell.
 It runs with the malloc settings of rnn-orch's training workers, as the cells run in
 training (`machine.with_workers_malloc`). Writes a Markdown table per thread count with
 the command, the machine, the malloc settings and the load it ran under.
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FUSED_REFERENCE = {"lstm": "lstm", "gru": "gru", "ln_lstm": "lstm", "ln_gru": "gru",
                    "bn_lstm": "lstm"}
 WEIGHT_DROP = 0.5
+COMPILED = ("ln_lstm", "ln_gru")  # cells whose time loop has a compiled kernel on CPU
 
 
 def main() -> None:
@@ -62,8 +64,9 @@ def main() -> None:
         steps = {cell: training_step(cell, args) for cell in args.cells}
         if "lstm" in args.cells:
             steps["lstm + weight_drop"] = training_step("lstm", args, weight_drop=WEIGHT_DROP)
-        if "ln_lstm" in args.cells:
-            steps["ln_lstm, Python time loop"] = training_step("ln_lstm", args, compiled=False)
+        for cell in COMPILED:
+            if cell in args.cells:
+                steps[f"{cell}, Python time loop"] = training_step(cell, args, compiled=False)
         load_before = os.getloadavg()
         seconds = time_round_robin(steps, inputs, args.warmup, args.repeats)
         sections.append(table(args, threads, seconds, load_before, os.getloadavg()))
@@ -76,7 +79,7 @@ def main() -> None:
 def training_step(cell: str, args: argparse.Namespace, weight_drop: float = 0.0,
                   compiled: bool = True) -> Callable[[torch.Tensor], None]:
     """Forward and backward of one batch through a freshly initialised layer stack;
-    ``compiled=False`` keeps ln_lstm on its Python time loop."""
+    ``compiled=False`` keeps ln_lstm and ln_gru on their Python time loop."""
     rnn = build_recurrent(cell, args.features, args.hidden, args.layers, dropout=0.0)
     initialize_recurrent(rnn, cell)
     rnn.train()

@@ -87,6 +87,11 @@ class CustomRecurrent(nn.Module, abc.ABC):
         state = tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
         return outputs, state if len(state) > 1 else state[0]
 
+    def time_loop(self, inputs: torch.Tensor) -> str:
+        """How ``forward`` would step through ``inputs``: ``python`` here; ``compiled``
+        where a subclass runs a compiled kernel. A run tags itself with it."""
+        return "python"
+
     def unroll(self, inputs: torch.Tensor) -> Unrolled:
         """The same pass as ``forward``, exposing the top layer's h_t and gates.
 

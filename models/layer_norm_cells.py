@@ -51,20 +51,35 @@ class BlockLayerNorm(nn.Module):
         return x if self.bias is None else x + self.bias
 
 
-class LayerNormLSTM(CustomRecurrent):
-    """``ln_lstm``: an LSTM with layer normalization, torch's layout and gate order.
-
-    Its forward runs a compiled time loop (``models.layer_norm_kernels``) where that
-    applies (CPU, float32 or float64, the kernel built); ``unroll``, a GPU, autocast,
-    ``normalize=False`` and ``compiled=False`` run the Python loop, which computes the same.
-    """
-
-    gate_count = 4
+class LayerNormRecurrent(CustomRecurrent):
+    """What ``ln_lstm`` and ``ln_gru`` share: their forward runs a compiled time loop
+    (``models.layer_norm_kernels``) where one applies (CPU, float32 or float64, the
+    kernels built); ``unroll``, a GPU, autocast, ``normalize=False`` and
+    ``compiled=False`` run the Python loop, which computes the same."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0, normalize: bool = True, compiled: bool = True) -> None:
         super().__init__(input_size, hidden_size, num_layers, dropout)
         self.normalize, self.compiled = normalize, compiled
+
+    def time_loop(self, inputs: torch.Tensor) -> str:
+        return "compiled" if self._runs_compiled(inputs, unrolling=False) else "python"
+
+    def _runs_compiled(self, inputs: torch.Tensor, unrolling: bool) -> bool:
+        """Not when unrolling, which needs every step's tensors, nor without normalisation,
+        nor where no kernel applies."""
+        return (self.compiled and self.normalize and not unrolling
+                and layer_norm_kernels.applies(inputs))
+
+
+class LayerNormLSTM(LayerNormRecurrent):
+    """``ln_lstm``: an LSTM with layer normalization, torch's layout and gate order."""
+
+    gate_count = 4
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 dropout: float = 0.0, normalize: bool = True, compiled: bool = True) -> None:
+        super().__init__(input_size, hidden_size, num_layers, dropout, normalize, compiled)
         for k in range(num_layers):
             self.add_module(f"norm_ih_l{k}", _norm(normalize, 4, hidden_size))
             self.add_module(f"norm_hh_l{k}", _norm(normalize, 4, hidden_size))
@@ -75,7 +90,7 @@ class LayerNormLSTM(CustomRecurrent):
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_ih, norm_hh, norm_cell = (getattr(self, f"norm_{part}_l{k}")
                                        for part in ("ih", "hh", "cell"))
-        if _runs_compiled(self, inputs, unrolling):
+        if self._runs_compiled(inputs, unrolling):
             outputs, final = layer_norm_kernels.lstm_layer(
                 inputs, weight_ih, weight_hh, bias_ih + bias_hh, norm_ih.weight, norm_hh.weight,
                 norm_cell.weight, norm_cell.bias, norm_cell.eps, initial)
@@ -85,16 +100,14 @@ class LayerNormLSTM(CustomRecurrent):
                           keep_gates=unrolling, initial=initial)
 
 
-class LayerNormGRU(CustomRecurrent):
-    """``ln_gru``: a GRU with layer normalization, torch's layout and gate order; a
-    compiled time loop where it applies, as ``LayerNormLSTM``."""
+class LayerNormGRU(LayerNormRecurrent):
+    """``ln_gru``: a GRU with layer normalization, torch's layout and gate order."""
 
     gate_count = 3
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0, normalize: bool = True, compiled: bool = True) -> None:
-        super().__init__(input_size, hidden_size, num_layers, dropout)
-        self.normalize, self.compiled = normalize, compiled
+        super().__init__(input_size, hidden_size, num_layers, dropout, normalize, compiled)
         for k in range(num_layers):
             self.add_module(f"norm_ih_l{k}", _norm(normalize, 3, hidden_size))
             self.add_module(f"norm_hh_l{k}", _norm(normalize, 3, hidden_size))
@@ -103,7 +116,7 @@ class LayerNormGRU(CustomRecurrent):
                initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_ih, norm_hh = getattr(self, f"norm_ih_l{k}"), getattr(self, f"norm_hh_l{k}")
-        if _runs_compiled(self, inputs, unrolling):
+        if self._runs_compiled(inputs, unrolling):
             outputs, final = layer_norm_kernels.gru_layer(
                 inputs, weight_ih, weight_hh, bias_ih, bias_hh, norm_ih.weight, norm_hh.weight,
                 norm_hh.eps, initial)
@@ -111,14 +124,6 @@ class LayerNormGRU(CustomRecurrent):
         ih = norm_ih(F.linear(inputs, weight_ih)) + bias_ih
         return gru_steps(ih, weight_hh, bias_hh, lambda x, t: norm_hh(x), keep_gates=unrolling,
                          initial=initial)
-
-
-def _runs_compiled(cell: LayerNormLSTM | LayerNormGRU, inputs: torch.Tensor,
-                   unrolling: bool) -> bool:
-    """Whether a layer of ``cell`` runs its compiled time loop: not when unrolling, which
-    needs every step's tensors, nor without normalisation, nor where no kernel applies."""
-    return (cell.compiled and cell.normalize and not unrolling
-            and layer_norm_kernels.applies(inputs))
 
 
 def _norm(normalize: bool, blocks: int, width: int, shift: bool = False) -> nn.Module:

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from models import ModelSpec, build_model
+from models.custom_cells import CustomRecurrent
 from models.process_group import distributed
 from orchestrator import checkpoints, objectives
 from orchestrator.clipping import Clipper
@@ -102,7 +103,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     snapshot = take_snapshot(step, model, optimizer) if guard else None
     level = curriculum.level
     if recorder:
-        recorder.started(step, place.world, resumed=own)
+        recorder.started(step, place.world, resumed=own,
+                         time_loop=time_loop(model, place, precision))
     while step < config.train.steps:
         step += 1
         level, previous = curriculum.at_step(step), level
@@ -465,6 +467,17 @@ def report(step: int, figures: dict[str, float], model: torch.nn.Module,
         )
 
 
+def time_loop(model: torch.nn.Module, place: Place, precision: Precision) -> str | None:
+    """How a normalized cell's layers step through time in this run: ``compiled`` (the
+    CPU kernels of ``models.layer_norm_kernels``) or ``python``; None for torch's fused
+    cells, whose time loop is torch's own."""
+    rnn = getattr(unwrap(model), "rnn", None)
+    if not isinstance(rnn, CustomRecurrent):
+        return None
+    with precision.autocast():
+        return rnn.time_loop(torch.empty(0, device=place.device))
+
+
 class Recorder:
     """Rank 0's per-step bookkeeping: derived figures, MLflow metrics, the progress line."""
 
@@ -537,12 +550,15 @@ class Recorder:
                 for number, drawing in enumerate(drawn, 1)))
             self._logger.log_artifacts(directory, "samples")
 
-    def started(self, step: int, workers: int, resumed: bool) -> None:
+    def started(self, step: int, workers: int, resumed: bool, time_loop: str | None) -> None:
         """Every attempt logs its worker count (`workers`: an elastic run's resizes show
-        as its changes); a resume or a restart also logs the step it restarted at.
+        as its changes); a resume or a restart also logs the step it restarted at; a
+        normalized cell tags how it steps through time (`model.time_loop`).
 
         The attempt that stopped had logged steps past its last checkpoint. They are
         trained again but not logged again, so MLflow keeps one value per step."""
+        if time_loop:
+            self._logger.tag("model.time_loop", time_loop)
         figures = {"workers": float(workers)}
         if resumed:
             self._logged_through = self._logger.last_step("train_loss")

@@ -1,20 +1,24 @@
 """The worker loop's set-up helpers, without Ray: config to model spec, the
-hyperparameters a run copied from another run's checkpoint takes from its own config, and
-what a worker imports."""
+hyperparameters a run copied from another run's checkpoint takes from its own config, the
+time loop a run tags, and what a worker imports."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from models import ModelSpec, build_model
 from orchestrator.clipping import Clipper
 from orchestrator.config import Config, apply_overrides
+from orchestrator.precision import Precision, cpu_runs_bf16_lstm
 from orchestrator.training_step import Place
-from orchestrator.worker import adopt_hyperparameters, data_position, model_spec
+from orchestrator.worker import adopt_hyperparameters, data_position, model_spec, time_loop
 from pipelines.parquet import TaskInfo
 
 
@@ -83,3 +87,19 @@ def test_a_resized_group_goes_on_at_the_same_share_of_its_epoch():
     assert data_position(state, Place(3, 4, cpu)) == {"epoch": 3, "taken": 5}
     assert data_position({"rng_states": [{}], "parts": {"data": {}}}, Place(0, 2, cpu)) == {}
     assert data_position(None, Place(0, 2, cpu)) is None
+
+
+@pytest.mark.parametrize("cell, precision, expected", [
+    ("ln_lstm", "fp32", "compiled"), ("ln_gru", "fp32", "compiled"),
+    ("bn_lstm", "fp32", "python"), ("lstm", "fp32", None),
+    ("ln_lstm", "bf16", "python"),  # the kernels compute in float32 or float64 only
+])
+def test_a_run_tags_how_its_normalized_cell_steps_through_time(cell, precision, expected):
+    if precision == "bf16" and not cpu_runs_bf16_lstm():
+        pytest.skip("this CPU has no bfloat16 LSTM kernels")
+    if expected == "compiled" and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler to build the kernels with")
+    model = build_model(ModelSpec(cell=cell, input_size=3, hidden_size=4, num_layers=1,
+                                  dropout=0.0, head="regression", output_size=1))
+    cpu = torch.device("cpu")
+    assert time_loop(model, Place(0, 1, cpu), Precision(precision, cpu)) == expected
