@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from models import compiled_loops
 from models.custom_cells import CustomRecurrent, LayerRun, lstm_steps
 from models.process_group import distributed
 
@@ -104,6 +105,12 @@ class StepwiseBatchNorm(nn.Module):
                             eps=self.eps)
         return flat.view_as(x)
 
+    def running(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running mean and variance of steps 0..steps-1, (steps, C) each: views of
+        the buffers while they cover them, so updates through them land there."""
+        mean, var = self._rows(None, steps)
+        return mean.view(steps, -1), var.view(steps, -1)
+
     def _rows(self, step: int | None, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The running statistics of the steps ``x`` holds, flattened like ``x``: views
         while they exist (so updates land in the buffers), the last row beyond."""
@@ -147,12 +154,18 @@ class BatchNormLSTM(CustomRecurrent):
     gate_count = 4
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0) -> None:
-        super().__init__(input_size, hidden_size, num_layers, dropout)
+                 dropout: float = 0.0, compiled: bool = True) -> None:
+        super().__init__(input_size, hidden_size, num_layers, dropout, compiled)
         for k in range(num_layers):
             self.add_module(f"norm_ih_l{k}", StepwiseBatchNorm(4 * hidden_size, shift=False))
             self.add_module(f"norm_hh_l{k}", StepwiseBatchNorm(4 * hidden_size, shift=False))
             self.add_module(f"norm_cell_l{k}", StepwiseBatchNorm(hidden_size, shift=True))
+
+    def _runs_compiled(self, inputs: torch.Tensor, unrolling: bool) -> bool:
+        """Nor in a training pass across ranks, whose statistics are all-reduced step by
+        step."""
+        return (not (self.training and distributed())
+                and super()._runs_compiled(inputs, unrolling))
 
     def _layer(self, k: int, inputs: torch.Tensor, unrolling: bool,
                initial: tuple[torch.Tensor, ...] | None) -> LayerRun:
@@ -172,6 +185,12 @@ class BatchNormLSTM(CustomRecurrent):
             for norm in (norm_ih, norm_hh, norm_cell):
                 norm.cover(inputs.size(1))
         ih = norm_ih(F.linear(inputs, weight_ih), None, how) + (bias_ih + bias_hh)
+        if self._runs_compiled(inputs, unrolling):
+            statistics = (*norm_hh.running(steps), *norm_cell.running(steps))
+            outputs, final = compiled_loops.bn_lstm_layer(
+                ih, weight_hh, norm_hh.weight, norm_cell.weight, norm_cell.bias, statistics,
+                how.from_batch, norm_hh.eps, norm_hh.momentum, initial)
+            return LayerRun(outputs, [], final, {})
         run = lstm_steps(ih, weight_hh, lambda x, t: norm_hh(x, t, how),
                          lambda c, t: norm_cell(c, t, how), keep_gates=unrolling,
                          initial=initial)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import compiled_loops
 from models.unrolled import Unrolled
 
 StepNorm = Callable[[torch.Tensor, int], torch.Tensor]  # (pre-activation, step t) -> normalised
@@ -67,10 +68,10 @@ class CustomRecurrent(nn.Module, abc.ABC):
     gate_count: int
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, compiled: bool = True) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
-        self.num_layers, self.dropout = num_layers, dropout
+        self.num_layers, self.dropout, self.compiled = num_layers, dropout, compiled
         self.batch_first = True
         rows = self.gate_count * hidden_size
         bound = 1 / math.sqrt(hidden_size)  # torch's own default, until models.init runs
@@ -88,9 +89,15 @@ class CustomRecurrent(nn.Module, abc.ABC):
         return outputs, state if len(state) > 1 else state[0]
 
     def time_loop(self, inputs: torch.Tensor) -> str:
-        """How ``forward`` would step through ``inputs``: ``python`` here; ``compiled``
-        where a subclass runs a compiled kernel. A run tags itself with it."""
-        return "python"
+        """How ``forward`` would step through ``inputs``: ``compiled`` or ``python``. A
+        run tags itself with it."""
+        return "compiled" if self._runs_compiled(inputs, unrolling=False) else "python"
+
+    def _runs_compiled(self, inputs: torch.Tensor, unrolling: bool) -> bool:
+        """Whether a layer runs its compiled time loop (``models.compiled_loops``): not
+        when unrolling, which needs every step's tensors, nor with ``compiled=False``,
+        nor where no kernel applies (a GPU, autocast, no compiler)."""
+        return self.compiled and not unrolling and compiled_loops.applies(inputs)
 
     def unroll(self, inputs: torch.Tensor) -> Unrolled:
         """The same pass as ``forward``, exposing the top layer's h_t and gates.

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import layer_norm_kernels
+from models import compiled_loops
 from models.custom_cells import CustomRecurrent, LayerRun, gru_steps, lstm_steps
 
 
@@ -52,24 +52,16 @@ class BlockLayerNorm(nn.Module):
 
 
 class LayerNormRecurrent(CustomRecurrent):
-    """What ``ln_lstm`` and ``ln_gru`` share: their forward runs a compiled time loop
-    (``models.layer_norm_kernels``) where one applies (CPU, float32 or float64, the
-    kernels built); ``unroll``, a GPU, autocast, ``normalize=False`` and
-    ``compiled=False`` run the Python loop, which computes the same."""
+    """What ``ln_lstm`` and ``ln_gru`` share: ``normalize=False`` builds the cell without
+    its norms, which runs the Python loop."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0, normalize: bool = True, compiled: bool = True) -> None:
-        super().__init__(input_size, hidden_size, num_layers, dropout)
-        self.normalize, self.compiled = normalize, compiled
-
-    def time_loop(self, inputs: torch.Tensor) -> str:
-        return "compiled" if self._runs_compiled(inputs, unrolling=False) else "python"
+        super().__init__(input_size, hidden_size, num_layers, dropout, compiled)
+        self.normalize = normalize
 
     def _runs_compiled(self, inputs: torch.Tensor, unrolling: bool) -> bool:
-        """Not when unrolling, which needs every step's tensors, nor without normalisation,
-        nor where no kernel applies."""
-        return (self.compiled and self.normalize and not unrolling
-                and layer_norm_kernels.applies(inputs))
+        return self.normalize and super()._runs_compiled(inputs, unrolling)
 
 
 class LayerNormLSTM(LayerNormRecurrent):
@@ -91,7 +83,7 @@ class LayerNormLSTM(LayerNormRecurrent):
         norm_ih, norm_hh, norm_cell = (getattr(self, f"norm_{part}_l{k}")
                                        for part in ("ih", "hh", "cell"))
         if self._runs_compiled(inputs, unrolling):
-            outputs, final = layer_norm_kernels.lstm_layer(
+            outputs, final = compiled_loops.lstm_layer(
                 inputs, weight_ih, weight_hh, bias_ih + bias_hh, norm_ih.weight, norm_hh.weight,
                 norm_cell.weight, norm_cell.bias, norm_cell.eps, initial)
             return LayerRun(outputs, [], final, {})
@@ -117,7 +109,7 @@ class LayerNormGRU(LayerNormRecurrent):
         weight_ih, weight_hh, bias_ih, bias_hh = self._weights(k)
         norm_ih, norm_hh = getattr(self, f"norm_ih_l{k}"), getattr(self, f"norm_hh_l{k}")
         if self._runs_compiled(inputs, unrolling):
-            outputs, final = layer_norm_kernels.gru_layer(
+            outputs, final = compiled_loops.gru_layer(
                 inputs, weight_ih, weight_hh, bias_ih, bias_hh, norm_ih.weight, norm_hh.weight,
                 norm_hh.eps, initial)
             return LayerRun(outputs, [], final, {})

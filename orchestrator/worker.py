@@ -469,7 +469,7 @@ def report(step: int, figures: dict[str, float], model: torch.nn.Module,
 
 def time_loop(model: torch.nn.Module, place: Place, precision: Precision) -> str | None:
     """How a normalized cell's layers step through time in this run: ``compiled`` (the
-    CPU kernels of ``models.layer_norm_kernels``) or ``python``; None for torch's fused
+    CPU kernels of ``models.compiled_loops``) or ``python``; None for torch's fused
     cells, whose time loop is torch's own."""
     rnn = getattr(unwrap(model), "rnn", None)
     if not isinstance(rnn, CustomRecurrent):

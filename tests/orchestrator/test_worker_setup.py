@@ -91,7 +91,7 @@ def test_a_resized_group_goes_on_at_the_same_share_of_its_epoch():
 
 @pytest.mark.parametrize("cell, precision, expected", [
     ("ln_lstm", "fp32", "compiled"), ("ln_gru", "fp32", "compiled"),
-    ("bn_lstm", "fp32", "python"), ("lstm", "fp32", None),
+    ("bn_lstm", "fp32", "compiled"), ("lstm", "fp32", None),
     ("ln_lstm", "bf16", "python"),  # the kernels compute in float32 or float64 only
 ])
 def test_a_run_tags_how_its_normalized_cell_steps_through_time(cell, precision, expected):

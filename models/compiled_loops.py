@@ -1,8 +1,8 @@
-"""The time loops of the ``ln_lstm`` and ``ln_gru`` layers as compiled kernels on CPU,
-forward and backward (``models/kernels/layer_norm_cells.cpp``).
+"""The time loops of the normalized cells (``ln_lstm``, ``ln_gru``, ``bn_lstm``) as
+compiled kernels on CPU, forward and backward (``models/kernels/normalized_cells.cpp``).
 
-Why: a layer-normalized cell has to normalise between the recurrent product and the
-gates, where torch's fused LSTM and GRU give no access, so its Python loop runs
+Why: a normalized cell has to normalise between the recurrent product and the gates,
+where torch's fused LSTM and GRU give no access, so its Python loop runs
 twenty-odd small ATen kernels per step, each a pass over memory. A kernel does one matrix
 product per step and all the element-wise work of a row in one pass; its backward,
 written by hand, keeps only what it needs and sums the recurrent weight's gradient over
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-_SOURCE = Path(__file__).with_name("kernels") / "layer_norm_cells.cpp"
+_SOURCE = Path(__file__).with_name("kernels") / "normalized_cells.cpp"
 _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 _log = logging.getLogger(__name__)
 
@@ -67,6 +67,25 @@ def gru_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Te
     outputs, h_last = _GRUTimeLoop.apply(_time_major_product(inputs, weight_ih), bias_ih,
                                          gain_ih, weight_hh, bias_hh, gain_hh, h0, eps)
     return outputs, (h_last,)
+
+
+def bn_lstm_layer(ih: torch.Tensor, weight_hh: torch.Tensor, gain_hh: torch.Tensor,
+                  gain_cell: torch.Tensor, shift_cell: torch.Tensor,
+                  statistics: tuple[torch.Tensor, ...], from_batch: bool, eps: float,
+                  momentum: float, initial: tuple[torch.Tensor, ...] | None):
+    """One ``bn_lstm`` layer's time loop over ``ih`` (B, T, 4H), its input side normalised
+    and biased: outputs (B, T, H) and (h_T, c_T).
+
+    ``statistics`` are the running mean and variance of the recurrent side (T, 4H) and of
+    the cell (T, H) for these steps: with ``from_batch`` (training) the batch's
+    statistics normalise and these move towards them in place, as ``F.batch_norm``
+    moves its own; otherwise they normalise.
+    """
+    h0, c0 = initial or (_zero_state(ih, weight_hh),) * 2
+    outputs, h_last, c_last = _BNLSTMTimeLoop.apply(
+        ih.contiguous(), weight_hh, gain_hh, gain_cell, shift_cell, h0, c0, statistics,
+        from_batch, eps, momentum)
+    return outputs, (h_last, c_last)
 
 
 def _time_major_product(inputs: torch.Tensor, weight_ih: torch.Tensor) -> torch.Tensor:
@@ -123,6 +142,30 @@ class _GRUTimeLoop(torch.autograd.Function):
         return (*grads, None)  # none for eps
 
 
+class _BNLSTMTimeLoop(torch.autograd.Function):
+    """ih (B, T, 4H), the input side of every step, normalised and biased -> outputs
+    (B, T, H), h_T and c_T."""
+
+    @staticmethod
+    def forward(ctx, ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0, statistics,
+                from_batch, eps, momentum):
+        params = _contiguous(weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
+        outputs, *saved = _ops().bn_lstm_forward(ih, *params, *statistics, from_batch, eps,
+                                                 momentum)
+        ctx.save_for_backward(*params[:3], *saved)
+        ctx.from_batch = from_batch
+        hs, cells = saved[0], saved[1]
+        return outputs, hs[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_outputs, d_h_last, d_c_last):
+        weight_hh, gain_hh, gain_cell, *saved = ctx.saved_tensors
+        grads = _ops().bn_lstm_backward(d_outputs.contiguous(), d_h_last, d_c_last, weight_hh,
+                                         gain_hh, gain_cell, ctx.from_batch, saved)
+        return (*grads, None, None, None, None)  # none for the statistics and settings
+
+
 @functools.cache
 def _ops():
     """The kernels' ops once built and loaded, or None (with one warning) when they cannot
@@ -136,8 +179,8 @@ def _ops():
                            extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as error:  # a missing or failing compiler: fall back, say why
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        _log.warning("ln_lstm and ln_gru run their Python time loop: their compiled kernels "
-                     "could not be built from %s (%s)", _SOURCE, reason)
+        _log.warning("the normalized cells run their Python time loop: their compiled "
+                     "kernels could not be built from %s (%s)", _SOURCE, reason)
         return None
     return torch.ops.rnn_orch
 
