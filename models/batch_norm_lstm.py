@@ -24,7 +24,8 @@ the statistics are taken over the batch, per unit.
   therefore run the same number of steps: each pads its batch to the longest T of any
   rank first (its outputs are cut back to its own T; its final state is the one after
   the padding). Per layer and training step that is 2T + 2 small collectives forward
-  and 2T + 1 backward.
+  and 2T + 1 backward, so that pass runs the Python loop; on one process, and in
+  evaluation, a CPU runs the compiled loop of ``models.compiled_loops``.
 - Padding counts: a row shorter than the batch is zero-padded, and its padded steps
   count in the batch statistics of the steps they fill. Batches of equal length, as
   the synthetic tasks and length bucketing give, are normalised exactly.
@@ -184,13 +185,14 @@ class BatchNormLSTM(CustomRecurrent):
         if how.track:
             for norm in (norm_ih, norm_hh, norm_cell):
                 norm.cover(inputs.size(1))
-        ih = norm_ih(F.linear(inputs, weight_ih), None, how) + (bias_ih + bias_hh)
-        if self._runs_compiled(inputs, unrolling):
-            statistics = (*norm_hh.running(steps), *norm_cell.running(steps))
+        if self._runs_compiled(inputs, unrolling):  # the norms alike: one eps, one momentum
+            running = [r for norm in (norm_ih, norm_hh, norm_cell) for r in norm.running(steps)]
             outputs, final = compiled_loops.bn_lstm_layer(
-                ih, weight_hh, norm_hh.weight, norm_cell.weight, norm_cell.bias, statistics,
-                how.from_batch, norm_hh.eps, norm_hh.momentum, initial)
+                inputs, weight_ih, weight_hh, bias_ih + bias_hh, norm_ih.weight, norm_hh.weight,
+                norm_cell.weight, norm_cell.bias, running, how.from_batch, norm_hh.eps,
+                norm_hh.momentum, initial)
             return LayerRun(outputs, [], final, {})
+        ih = norm_ih(F.linear(inputs, weight_ih), None, how) + (bias_ih + bias_hh)
         run = lstm_steps(ih, weight_hh, lambda x, t: norm_hh(x, t, how),
                          lambda c, t: norm_cell(c, t, how), keep_gates=unrolling,
                          initial=initial)

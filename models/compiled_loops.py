@@ -2,12 +2,12 @@
 compiled kernels on CPU, forward and backward (``models/kernels/normalized_cells.cpp``).
 
 Why: a normalized cell has to normalise between the recurrent product and the gates,
-where torch's fused LSTM and GRU give no access, so its Python loop runs
-twenty-odd small ATen kernels per step, each a pass over memory. A kernel does one matrix
-product per step and all the element-wise work of a row in one pass; its backward,
-written by hand, keeps only what it needs and sums the recurrent weight's gradient over
-all steps in one product. ``benchmarks/cells.py`` measures both against the fused cells
-and the Python loop.
+where torch's fused LSTM and GRU give no access, so its Python loop runs twenty-odd small
+ATen kernels per step, each a pass over memory. A kernel does one matrix product per step
+and all the element-wise work of a row in one pass, the input side's norm included; its
+backward, written by hand, keeps only what it needs and sums the recurrent weight's
+gradient over all steps in one product. ``benchmarks/cells.py`` measures them against
+the fused cells and the Python loops.
 
 They are built on first use by torch's extension builder, for the CPU they run on
 (``-march=native``): the build is cached under torch's extensions folder
@@ -69,22 +69,22 @@ def gru_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Te
     return outputs, (h_last,)
 
 
-def bn_lstm_layer(ih: torch.Tensor, weight_hh: torch.Tensor, gain_hh: torch.Tensor,
+def bn_lstm_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+                  bias: torch.Tensor, gain_ih: torch.Tensor, gain_hh: torch.Tensor,
                   gain_cell: torch.Tensor, shift_cell: torch.Tensor,
-                  statistics: tuple[torch.Tensor, ...], from_batch: bool, eps: float,
+                  running: tuple[torch.Tensor, ...], from_batch: bool, eps: float,
                   momentum: float, initial: tuple[torch.Tensor, ...] | None):
-    """One ``bn_lstm`` layer's time loop over ``ih`` (B, T, 4H), its input side normalised
-    and biased: outputs (B, T, H) and (h_T, c_T).
+    """One ``bn_lstm`` layer over ``inputs`` (B, T, F): outputs (B, T, H) and (h_T, c_T).
 
-    ``statistics`` are the running mean and variance of the recurrent side (T, 4H) and of
-    the cell (T, H) for these steps: with ``from_batch`` (training) the batch's
-    statistics normalise and these move towards them in place, as ``F.batch_norm``
-    moves its own; otherwise they normalise.
+    ``running`` holds the running mean and variance of the input side, of the recurrent
+    side (T, 4H each) and of the cell (T, H each) for these steps: with ``from_batch``
+    (training) the batch's statistics normalise and these move towards them in place, as
+    ``F.batch_norm`` moves its own; otherwise they normalise.
     """
-    h0, c0 = initial or (_zero_state(ih, weight_hh),) * 2
+    h0, c0 = initial or (_zero_state(inputs, weight_hh),) * 2
     outputs, h_last, c_last = _BNLSTMTimeLoop.apply(
-        ih.contiguous(), weight_hh, gain_hh, gain_cell, shift_cell, h0, c0, statistics,
-        from_batch, eps, momentum)
+        _time_major_product(inputs, weight_ih), bias, gain_ih, weight_hh, gain_hh, gain_cell,
+        shift_cell, h0, c0, running, from_batch, eps, momentum)
     return outputs, (h_last, c_last)
 
 
@@ -143,16 +143,16 @@ class _GRUTimeLoop(torch.autograd.Function):
 
 
 class _BNLSTMTimeLoop(torch.autograd.Function):
-    """ih (B, T, 4H), the input side of every step, normalised and biased -> outputs
-    (B, T, H), h_T and c_T."""
+    """xp (T, B, 4H), the input side of every step before its norm -> outputs (B, T, H),
+    h_T and c_T."""
 
     @staticmethod
-    def forward(ctx, ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0, statistics,
-                from_batch, eps, momentum):
-        params = _contiguous(weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
-        outputs, *saved = _ops().bn_lstm_forward(ih, *params, *statistics, from_batch, eps,
+    def forward(ctx, xp, bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0,
+                running, from_batch, eps, momentum):
+        params = _contiguous(bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
+        outputs, *saved = _ops().bn_lstm_forward(xp, *params, list(running), from_batch, eps,
                                                  momentum)
-        ctx.save_for_backward(*params[:3], *saved)
+        ctx.save_for_backward(xp, *params[1:5], *saved)
         ctx.from_batch = from_batch
         hs, cells = saved[0], saved[1]
         return outputs, hs[-1].clone(), cells[-1].clone()
@@ -160,9 +160,10 @@ class _BNLSTMTimeLoop(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_outputs, d_h_last, d_c_last):
-        weight_hh, gain_hh, gain_cell, *saved = ctx.saved_tensors
-        grads = _ops().bn_lstm_backward(d_outputs.contiguous(), d_h_last, d_c_last, weight_hh,
-                                         gain_hh, gain_cell, ctx.from_batch, saved)
+        xp, gain_ih, weight_hh, gain_hh, gain_cell, *saved = ctx.saved_tensors
+        grads = _ops().bn_lstm_backward(d_outputs.contiguous(), xp, d_h_last, d_c_last,
+                                         gain_ih, weight_hh, gain_hh, gain_cell, ctx.from_batch,
+                                         saved)
         return (*grads, None, None, None, None)  # none for the statistics and settings
 
 
@@ -174,7 +175,7 @@ def _ops():
         _put_ninja_on_path()
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name=f"rnn_orch_layer_norm_cells_{_cpu_digest()}",
+        cpp_extension.load(name=f"rnn_orch_normalized_cells_{_cpu_digest()}",
                            sources=[str(_SOURCE)], extra_cflags=_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as error:  # a missing or failing compiler: fall back, say why

@@ -2,8 +2,8 @@
 layout, the layer stack, and the LSTM and GRU time loops.
 
 A normalized cell has to normalise inside the recurrence, between the matrix product and
-the gates, where torch's fused kernels give no access; so these cells run the time loop
-in Python, one step at a time:
+the gates, where torch's fused kernels give no access; so these cells run their own time
+loop, one step at a time:
 
     inputs (B, T, F) --layer 0--> h (B, T, H) --dropout--> layer 1 --> ... --> outputs (B, T, H)
 
@@ -11,13 +11,16 @@ in Python, one step at a time:
                  for t = 0..T-1:  h_t, c_t = step(ih_t, W_hh h_{t-1}, c_{t-1})
 
 Only the recurrent product has to wait for the previous step; everything on the input
-side is one large product over the whole sequence. Steps are taken with ``unbind`` rather
-than ``ih[:, t]``: the backward of an index writes a full-size zero tensor per step, which
-made a 100-step loop four times slower. Measured on torch 2.13 (CPU), a TorchScript or
-``torch.compile`` version of this loop was no faster, and ``torch.jit.script`` is
-deprecated there; a backward through time written by hand was no faster (0.96-1.09x of
-this loop, ``benchmarks/hand_written_bptt.py``): the per-step work is in the kernels, not
-in Python or in autograd.
+side is one large product over the whole sequence. On CPU a layer's forward runs a
+compiled loop with a backward written by hand (``models.compiled_loops``), 2.5-4.5 times
+as fast as the Python loop here (``benchmarks/cells.py``). The Python loop runs
+everything else: ``unroll``, which needs every step's tensors, GPUs, autocast, and
+machines without a C++ compiler. Its steps are taken with ``unbind`` rather than
+``ih[:, t]``: the backward of an index writes a full-size zero tensor per step, which
+made a 100-step loop four times slower. TorchScript, ``torch.compile`` and a backward
+written by hand in Python, with ATen's kernels, were measured no faster on torch 2.13
+(CPU): the twenty-odd small kernels of a step, each a pass over memory, are the cost,
+which only fusing them into one pass per row removed.
 
 The parameters keep torch's names and layout (``weight_ih_l{k}``, ``weight_hh_l{k}``,
 ``bias_ih_l{k}``, ``bias_hh_l{k}``, gates stacked along the rows in torch's order), so

@@ -1,9 +1,11 @@
-// The time loops of the ln_lstm and ln_gru layers (models/layer_norm_cells.py) in C++,
-// forward and backward, built and called by models/compiled_loops.py. Per step: one
-// matrix product, then one pass over each row that does all of the step's element-wise
-// work (the layer norms of both sides of the gates, the nonlinearities, the state update,
-// the LSTM's cell norm), in place of the twenty-odd small ATen kernels, each a pass over
-// memory, that the Python loop runs. Rows are split between ATen's intra-op threads.
+// The time loops of the normalized cells (ln_lstm, ln_gru: models/layer_norm_cells.py;
+// bn_lstm: models/batch_norm_lstm.py) in C++, forward and backward, built and called by
+// models/compiled_loops.py. Per step: one matrix product, then one pass over each row
+// that does all of the step's element-wise work (the norms of both sides of the gates,
+// the nonlinearities, the state update, the LSTM's cell norm), in place of the twenty-odd
+// small ATen kernels, each a pass over memory, that the Python loop runs. Rows are split
+// between ATen's intra-op threads; bn_lstm's statistics over the rows take passes of
+// their own, split by unit.
 //
 // Layouts: xp, the input side's product W_ih x_t for every step, and everything a
 // backward keeps are (T, B, .) time-major, so a step's rows are contiguous; the outputs
@@ -469,20 +471,19 @@ std::vector<at::Tensor> ln_gru_backward(const at::Tensor& d_out, const at::Tenso
 
 
 // ---- bn_lstm: batch statistics per step, over the rows, per unit; gates as ln_lstm -----
-//   gates = ih_t + BN_hh(W_hh h_{t-1}), c_t = f c_{t-1} + i g, h_t = o tanh(BN_cell(c_t))
-// ih (B, T, 4H) is the input side, normalised and biased already (over the whole
-// sequence, in Python). In training the statistics are the batch's, and the running
-// ones (rows of mean_* and var_*, one per step) move towards them as F.batch_norm moves
-// them; in evaluation the running ones normalise, and nothing changes.
+//   gates = BN_ih(W_ih x_t) + BN_hh(W_hh h_{t-1}) + b,   c_t = f c_{t-1} + i g,
+//   h_t = o tanh(BN_cell(c_t)),   BN_ih and BN_hh with gains only, BN_cell with a shift.
+// In training the statistics are the batch's, and the running ones (one row per step of
+// each running mean and variance) move towards them as F.batch_norm moves them; in
+// evaluation the running ones normalise, and nothing changes.
 
-// Per-unit mean and biased variance over the rows of x (rows x width): in training, with
-// the running statistics updated; their 1 / std either way.
+// Per-unit mean and 1 / std over the rows of x (rows x width): in training the batch's
+// (biased variance), with the running statistics updated; in evaluation the running ones.
 template <typename T>
 void column_statistics(const T* x, int64_t rows, int64_t width, bool from_batch, T eps,
                        T momentum, T* __restrict running_mean, T* __restrict running_var,
                        T* __restrict mean, T* __restrict rstd) {
   at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
-    const int64_t n = end - begin;
     if (!from_batch) {
       for (int64_t j = begin; j < end; ++j) {
         mean[j] = running_mean[j];
@@ -490,7 +491,7 @@ void column_statistics(const T* x, int64_t rows, int64_t width, bool from_batch,
       }
       return;
     }
-    std::vector<T> var(n, T(0));
+    std::vector<T> var(end - begin, T(0));
     for (int64_t j = begin; j < end; ++j) mean[j] = 0;
     for (int64_t b = 0; b < rows; ++b) {
       const T* __restrict row = x + b * width;
@@ -513,64 +514,75 @@ void column_statistics(const T* x, int64_t rows, int64_t width, bool from_batch,
   });
 }
 
-// Per-unit sums over the rows of d and of d * xhat (rows x width).
+// Per-unit sums over the rows of d and of d * xhat, where xhat = (x - mean) * rstd.
 template <typename T>
-void column_sums(const T* d, const T* xhat, int64_t rows, int64_t width, T* __restrict sum_d,
-                 T* __restrict sum_dx) {
+void column_sums(const T* d, const T* x, const T* mean, const T* rstd, int64_t rows,
+                 int64_t width, T* __restrict sum_d, T* __restrict sum_dx) {
   at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) sum_d[j] = sum_dx[j] = 0;
     for (int64_t b = 0; b < rows; ++b) {
       const T* __restrict dr = d + b * width;
-      const T* __restrict xr = xhat + b * width;
+      const T* __restrict xr = x + b * width;
 #pragma omp simd
       for (int64_t j = begin; j < end; ++j) {
         sum_d[j] += dr[j];
-        sum_dx[j] += dr[j] * xr[j];
+        sum_dx[j] += dr[j] * (xr[j] - mean[j]) * rstd[j];
       }
     }
   });
 }
 
+// The running statistics of the steps one pass covers: (T, width) each.
+struct Running {
+  at::Tensor mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c;
+};
+
 struct BnSaved {
-  at::Tensor hs, cells, hhat, hh_rstd, acts, chat, c_rstd, tanh_c;
+  at::Tensor hs, cells, x_mean, x_rstd, hh, hh_mean, hh_rstd, acts, chat, c_rstd, tanh_c;
 };
 
 template <typename T>
-void bn_forward_steps(const at::Tensor& ih, const at::Tensor& weight_hh,
-                      const at::Tensor& gain_hh, const at::Tensor& gain_c,
-                      const at::Tensor& shift_c, at::Tensor& mean_hh, at::Tensor& var_hh,
-                      at::Tensor& mean_c, at::Tensor& var_c, bool from_batch, T eps,
-                      T momentum, at::Tensor& out, BnSaved& s) {
-  const int64_t batch = ih.size(0), steps = ih.size(1), H = weight_hh.size(1), G = 4 * H;
+void bn_forward_steps(const at::Tensor& xp, const at::Tensor& bias, const at::Tensor& gain_ih,
+                      const at::Tensor& weight_hh, const at::Tensor& gain_hh,
+                      const at::Tensor& gain_c, const at::Tensor& shift_c, Running& r,
+                      bool from_batch, T eps, T momentum, at::Tensor& out, BnSaved& s) {
+  const int64_t steps = xp.size(0), batch = xp.size(1), H = weight_hh.size(1), G = 4 * H;
   const at::Tensor w_t = weight_hh.t();
-  at::Tensor hh = ih.new_empty({batch, G});
-  std::vector<T> mean(G);
+  std::vector<T> c_mean(H);
+  const T *bias_p = bias.data_ptr<T>(), *g_ih = gain_ih.data_ptr<T>();
   const T *g_hh = gain_hh.data_ptr<T>(), *g_c = gain_c.data_ptr<T>();
-  const T *s_c = shift_c.data_ptr<T>(), *ih_p = ih.data_ptr<T>(), *hh_p = hh.data_ptr<T>();
-  T *rm_hh = mean_hh.data_ptr<T>(), *rv_hh = var_hh.data_ptr<T>();
-  T *rm_c = mean_c.data_ptr<T>(), *rv_c = var_c.data_ptr<T>();
-  T *hhat = s.hhat.data_ptr<T>(), *hh_rstd = s.hh_rstd.data_ptr<T>();
-  T *acts = s.acts.data_ptr<T>(), *cells = s.cells.data_ptr<T>(), *chat = s.chat.data_ptr<T>();
+  const T *s_c = shift_c.data_ptr<T>(), *xp_p = xp.data_ptr<T>();
+  T *rm_ih = r.mean_ih.data_ptr<T>(), *rv_ih = r.var_ih.data_ptr<T>();
+  T *rm_hh = r.mean_hh.data_ptr<T>(), *rv_hh = r.var_hh.data_ptr<T>();
+  T *rm_c = r.mean_c.data_ptr<T>(), *rv_c = r.var_c.data_ptr<T>();
+  T *x_mean = s.x_mean.data_ptr<T>(), *x_rstd = s.x_rstd.data_ptr<T>();
+  T *hh = s.hh.data_ptr<T>(), *hh_mean = s.hh_mean.data_ptr<T>();
+  T *hh_rstd = s.hh_rstd.data_ptr<T>(), *acts = s.acts.data_ptr<T>();
+  T *cells = s.cells.data_ptr<T>(), *chat = s.chat.data_ptr<T>();
   T *c_rstd = s.c_rstd.data_ptr<T>(), *tanh_c = s.tanh_c.data_ptr<T>();
   T *hs = s.hs.data_ptr<T>(), *out_p = out.data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
-    at::mm_out(hh, s.hs[t], w_t);
-    T* rstd = hh_rstd + t * G;
-    column_statistics(hh_p, batch, G, from_batch, eps, momentum, rm_hh + t * G, rv_hh + t * G,
-                      mean.data(), rstd);
+    const int64_t first = t * batch;
+    at::Tensor hh_t = s.hh[t];
+    at::mm_out(hh_t, s.hs[t], w_t);
+    column_statistics(xp_p + first * G, batch, G, from_batch, eps, momentum, rm_ih + t * G,
+                      rv_ih + t * G, x_mean + t * G, x_rstd + t * G);
+    column_statistics(hh + first * G, batch, G, from_batch, eps, momentum, rm_hh + t * G,
+                      rv_hh + t * G, hh_mean + t * G, hh_rstd + t * G);
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = t * batch + b;
-        const T* __restrict x = ih_p + (b * steps + t) * G;
-        const T* __restrict m = mean.data();
-        const T* __restrict hr = hh_p + b * G;
-        T* __restrict hn = hhat + row * G;
+        const int64_t row = first + b;
+        const T* __restrict x = xp_p + row * G;
+        const T* __restrict xm = x_mean + t * G;
+        const T* __restrict xr = x_rstd + t * G;
+        const T* __restrict h_in = hh + row * G;
+        const T* __restrict hm = hh_mean + t * G;
+        const T* __restrict hr = hh_rstd + t * G;
         T* __restrict a = acts + row * G;
 #pragma omp simd
-        for (int64_t j = 0; j < G; ++j) {
-          hn[j] = (hr[j] - m[j]) * rstd[j];
-          a[j] = x[j] + hn[j] * g_hh[j];
-        }
+        for (int64_t j = 0; j < G; ++j)
+          a[j] = (x[j] - xm[j]) * xr[j] * g_ih[j] + (h_in[j] - hm[j]) * hr[j] * g_hh[j] +
+                 bias_p[j];
 #pragma omp simd
         for (int64_t j = 0; j < 2 * H; ++j) a[j] = sigmoid(a[j]);
 #pragma omp simd
@@ -583,14 +595,14 @@ void bn_forward_steps(const at::Tensor& ih, const at::Tensor& weight_hh,
         for (int64_t j = 0; j < H; ++j) c[j] = a[H + j] * c_prev[j] + a[j] * a[2 * H + j];
       }
     });
-    const T* c_now = cells + (t + 1) * batch * H;
+    const T* c_now = cells + (first + batch) * H;
     T* crstd = c_rstd + t * H;
     column_statistics(c_now, batch, H, from_batch, eps, momentum, rm_c + t * H, rv_c + t * H,
-                      mean.data(), crstd);
+                      c_mean.data(), crstd);
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = t * batch + b;
-        const T* __restrict m = mean.data();
+        const int64_t row = first + b;
+        const T* __restrict m = c_mean.data();
         const T* __restrict c = c_now + b * H;
         const T* __restrict a = acts + row * G;
         T* __restrict ch = chat + row * H;
@@ -609,25 +621,39 @@ void bn_forward_steps(const at::Tensor& ih, const at::Tensor& weight_hh,
   }
 }
 
-// Sums: d gain_hh (G), d gain_c, d shift_c (H each), over every step.
+// The gradient of a batch norm's input from that of its output before the gain (d, in
+// place), per row: gain * rstd * (d - (sum_d + xhat * sum_dx) * per_row), where per_row
+// is 1 / rows in training (the statistics depend on every row) and 0 in evaluation.
 template <typename T>
-void bn_backward_steps(const at::Tensor& d_out, at::Tensor& d_h, at::Tensor& d_c,
-                       const at::Tensor& weight_hh, const at::Tensor& gain_hh,
-                       const at::Tensor& gain_c, bool from_batch, const BnSaved& s,
-                       at::Tensor& d_ih, at::Tensor& d_hh, at::Tensor& sums) {
+inline void column_norm_backward(T* __restrict d, const T* __restrict x,
+                                 const T* __restrict mean, const T* __restrict rstd,
+                                 const T* __restrict gain, const T* __restrict sum_d,
+                                 const T* __restrict sum_dx, T per_row, int64_t width) {
+#pragma omp simd
+  for (int64_t j = 0; j < width; ++j) {
+    const T xhat = (x[j] - mean[j]) * rstd[j];
+    d[j] = gain[j] * rstd[j] * (d[j] - per_row * (sum_d[j] + xhat * sum_dx[j]));
+  }
+}
+
+// Sums, over every step: d bias, d gain_ih, d gain_hh (G each), d gain_c, d shift_c (H).
+template <typename T>
+void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor& d_h,
+                       at::Tensor& d_c, const at::Tensor& gain_ih, const at::Tensor& weight_hh,
+                       const at::Tensor& gain_hh, const at::Tensor& gain_c, bool from_batch,
+                       const BnSaved& s, at::Tensor& d_xp, at::Tensor& d_hh, T* sums) {
   const int64_t batch = d_out.size(0), steps = d_out.size(1), H = weight_hh.size(1), G = 4 * H;
-  const T *g_hh = gain_hh.data_ptr<T>(), *g_c = gain_c.data_ptr<T>();
-  const T *d_out_p = d_out.data_ptr<T>(), *hhat = s.hhat.data_ptr<T>();
+  const T *g_ih = gain_ih.data_ptr<T>(), *g_hh = gain_hh.data_ptr<T>();
+  const T *g_c = gain_c.data_ptr<T>(), *d_out_p = d_out.data_ptr<T>(), *xp_p = xp.data_ptr<T>();
+  const T *x_mean = s.x_mean.data_ptr<T>(), *x_rstd = s.x_rstd.data_ptr<T>();
+  const T *hh = s.hh.data_ptr<T>(), *hh_mean = s.hh_mean.data_ptr<T>();
   const T *hh_rstd = s.hh_rstd.data_ptr<T>(), *acts = s.acts.data_ptr<T>();
   const T *cells = s.cells.data_ptr<T>(), *chat = s.chat.data_ptr<T>();
   const T *c_rstd = s.c_rstd.data_ptr<T>(), *tanh_c = s.tanh_c.data_ptr<T>();
-  T *d_ih_p = d_ih.data_ptr<T>(), *d_hh_p = d_hh.data_ptr<T>();
+  T *d_xp_p = d_xp.data_ptr<T>(), *d_hh_p = d_hh.data_ptr<T>();
   T *dh = d_h.data_ptr<T>(), *dc = d_c.data_ptr<T>();
-  T* sum_p = sums.data_ptr<T>();  // d gain_hh (G), d gain_c (H), d shift_c (H)
-  at::Tensor d_cn = d_out.new_empty({batch, H});  // d of the normalised cell, before its gain
-  T* dcn_p = d_cn.data_ptr<T>();
-  std::vector<T> s1(G), s2(G);
-  // The mean over the rows of what a batch norm's backward subtracts; none in evaluation.
+  std::vector<T> d_cn(batch * H), zeros(H, T(0)), ones(H, T(1));
+  std::vector<T> x1(G), x2(G), h1(G), h2(G);  // column sums of this step
   const T per_row = from_batch ? T(1) / batch : T(0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t first = t * batch;
@@ -638,8 +664,8 @@ void bn_backward_steps(const at::Tensor& d_out, at::Tensor& d_h, at::Tensor& d_c
         const T* __restrict tc = tanh_c + row * H;
         const T* __restrict d_o = d_out_p + (b * steps + t) * H;
         const T* __restrict dhr = dh + b * H;
-        T* __restrict dp = d_ih_p + (b * steps + t) * G;
-        T* __restrict dcn = dcn_p + b * H;
+        T* __restrict dp = d_xp_p + row * G;
+        T* __restrict dcn = d_cn.data() + b * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T g = d_o[j] + dhr[j];
@@ -649,10 +675,12 @@ void bn_backward_steps(const at::Tensor& d_out, at::Tensor& d_h, at::Tensor& d_c
         }
       }
     });
-    column_sums(dcn_p, chat + first * H, batch, H, s1.data(), s2.data());
+    // chat is normalised already: a mean of 0 and a 1 / std of 1 leave it as it is
+    column_sums(d_cn.data(), chat + first * H, zeros.data(), ones.data(), batch, H, x1.data(),
+                x2.data());
     for (int64_t j = 0; j < H; ++j) {
-      sum_p[G + j] += s2[j];
-      sum_p[G + H + j] += s1[j];
+      sums[3 * G + j] += x2[j];
+      sums[3 * G + H + j] += x1[j];
     }
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -661,11 +689,11 @@ void bn_backward_steps(const at::Tensor& d_out, at::Tensor& d_h, at::Tensor& d_c
         const T* __restrict ch = chat + row * H;
         const T* __restrict c_prev = cells + row * H;
         const T* __restrict crstd = c_rstd + t * H;
-        const T* __restrict dcn = dcn_p + b * H;
-        const T* __restrict m1 = s1.data();
-        const T* __restrict m2 = s2.data();
+        const T* __restrict m1 = x1.data();
+        const T* __restrict m2 = x2.data();
+        T* __restrict dcn = d_cn.data() + b * H;
         T* __restrict dcr = dc + b * H;
-        T* __restrict dp = d_ih_p + (b * steps + t) * G;
+        T* __restrict dp = d_xp_p + row * G;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T d_norm = g_c[j] * crstd[j] * (dcn[j] - per_row * (m1[j] + ch[j] * m2[j]));
@@ -676,82 +704,98 @@ void bn_backward_steps(const at::Tensor& d_out, at::Tensor& d_h, at::Tensor& d_c
           dp[2 * H + j] = d * i * (T(1) - g * g);
           dcr[j] = d * f;
         }
-        T* __restrict dhh = d_hh_p + row * G;
-#pragma omp simd
-        for (int64_t j = 0; j < G; ++j) dhh[j] = dp[j];  // d ih = d of the pre-activation
       }
     });
-    T* dhh_t = d_hh_p + first * G;
-    column_sums(dhh_t, hhat + first * G, batch, G, s1.data(), s2.data());
-    for (int64_t j = 0; j < G; ++j) sum_p[j] += s2[j];
+    // dp is now the gradient of the gates' pre-activations, both sides' share
+    T* dp_t = d_xp_p + first * G;
+    column_sums(dp_t, xp_p + first * G, x_mean + t * G, x_rstd + t * G, batch, G, x1.data(),
+                x2.data());
+    column_sums(dp_t, hh + first * G, hh_mean + t * G, hh_rstd + t * G, batch, G, h1.data(),
+                h2.data());
+    for (int64_t j = 0; j < G; ++j) {
+      sums[j] += x1[j];
+      sums[G + j] += x2[j];
+      sums[2 * G + j] += h2[j];
+    }
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t row = first + b;
-        const T* __restrict hn = hhat + row * G;
-        const T* __restrict rstd = hh_rstd + t * G;
-        const T* __restrict m1 = s1.data();
-        const T* __restrict m2 = s2.data();
+        T* __restrict dp = d_xp_p + row * G;
         T* __restrict dhh = d_hh_p + row * G;
-#pragma omp simd
-        for (int64_t j = 0; j < G; ++j)
-          dhh[j] = g_hh[j] * rstd[j] * (dhh[j] - per_row * (m1[j] + hn[j] * m2[j]));
+        std::memcpy(dhh, dp, G * sizeof(T));
+        column_norm_backward(dhh, hh + row * G, hh_mean + t * G, hh_rstd + t * G, g_hh,
+                             h1.data(), h2.data(), per_row, G);
+        column_norm_backward(dp, xp_p + row * G, x_mean + t * G, x_rstd + t * G, g_ih,
+                             x1.data(), x2.data(), per_row, G);
       }
     });
     at::mm_out(d_h, d_hh[t], weight_hh);
   }
 }
 
-// ih (B, T, 4H) -> out (B, T, H) and what the backward needs; h_T and c_T are the last
-// rows of hs and cells. The statistics (T, 4H) and (T, H) are the running ones of these
-// steps: updated in place in training (views of the buffers), read in evaluation.
-std::vector<at::Tensor> bn_lstm_forward(const at::Tensor& ih, const at::Tensor& weight_hh,
+// xp (T, B, 4H) -> out (B, T, H) and what the backward needs; h_T and c_T are the last
+// rows of hs and cells. The running statistics, (T, .) each, are views of the buffers'
+// rows for these steps in training, updated in place; read in evaluation.
+std::vector<at::Tensor> bn_lstm_forward(const at::Tensor& xp, const at::Tensor& bias,
+                                        const at::Tensor& gain_ih, const at::Tensor& weight_hh,
                                         const at::Tensor& gain_hh, const at::Tensor& gain_c,
                                         const at::Tensor& shift_c, const at::Tensor& h0,
-                                        const at::Tensor& c0, at::Tensor mean_hh,
-                                        at::Tensor var_hh, at::Tensor mean_c, at::Tensor var_c,
+                                        const at::Tensor& c0, at::TensorList running,
                                         bool from_batch, double eps, double momentum) {
-  for (const auto* x : {&gain_hh, &gain_c, &shift_c}) check(*x, 1, "a gain");
-  for (const auto* x : {&mean_hh, &var_hh, &mean_c, &var_c}) check(*x, 2, "a statistic");
-  check(ih, 3, "ih");
+  for (const auto* x : {&bias, &gain_ih, &gain_hh, &gain_c, &shift_c}) check(*x, 1, "a gain");
+  for (const auto& x : running) check(x, 2, "a running statistic");
+  check(xp, 3, "xp");
   check(weight_hh, 2, "weight_hh");
-  const int64_t batch = ih.size(0), steps = ih.size(1), H = weight_hh.size(1);
+  const int64_t steps = xp.size(0), batch = xp.size(1), H = weight_hh.size(1), G = 4 * H;
   TORCH_CHECK(!from_batch || batch > 1, "bn_lstm kernel: batch statistics need 2 rows");
-  auto empty = [&](std::initializer_list<int64_t> shape) { return ih.new_empty(shape); };
+  Running r{running[0], running[1], running[2], running[3], running[4], running[5]};
+  auto empty = [&](std::initializer_list<int64_t> shape) { return xp.new_empty(shape); };
   BnSaved s{empty({steps + 1, batch, H}), empty({steps + 1, batch, H}),
-            empty({steps, batch, 4 * H}), empty({steps, 4 * H}),
-            empty({steps, batch, 4 * H}), empty({steps, batch, H}),
-            empty({steps, H}),            empty({steps, batch, H})};
+            empty({steps, G}),            empty({steps, G}),
+            empty({steps, batch, G}),     empty({steps, G}),
+            empty({steps, G}),            empty({steps, batch, G}),
+            empty({steps, batch, H}),     empty({steps, H}),
+            empty({steps, batch, H})};
   s.hs[0].copy_(h0);
   s.cells[0].copy_(c0);
   auto out = empty({batch, steps, H});
-  AT_DISPATCH_FLOATING_TYPES(ih.scalar_type(), "bn_lstm_forward", [&] {
-    bn_forward_steps<scalar_t>(ih, weight_hh, gain_hh, gain_c, shift_c, mean_hh, var_hh,
-                               mean_c, var_c, from_batch, static_cast<scalar_t>(eps),
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "bn_lstm_forward", [&] {
+    bn_forward_steps<scalar_t>(xp, bias, gain_ih, weight_hh, gain_hh, gain_c, shift_c, r,
+                               from_batch, static_cast<scalar_t>(eps),
                                static_cast<scalar_t>(momentum), out, s);
   });
-  return {out, s.hs, s.cells, s.hhat, s.hh_rstd, s.acts, s.chat, s.c_rstd, s.tanh_c};
+  return {out,       s.hs,      s.cells,  s.x_mean, s.x_rstd, s.hh,
+          s.hh_mean, s.hh_rstd, s.acts,   s.chat,   s.c_rstd, s.tanh_c};
 }
 
-// -> d ih, d weight_hh, d gain_hh, d gain_c, d shift_c, d h0, d c0
-std::vector<at::Tensor> bn_lstm_backward(const at::Tensor& d_out, const at::Tensor& d_h_last,
-                                         const at::Tensor& d_c_last, const at::Tensor& weight_hh,
+// -> d xp, d bias, d gain_ih, d weight_hh, d gain_hh, d gain_c, d shift_c, d h0, d c0
+std::vector<at::Tensor> bn_lstm_backward(const at::Tensor& d_out, const at::Tensor& xp,
+                                         const at::Tensor& d_h_last, const at::Tensor& d_c_last,
+                                         const at::Tensor& gain_ih, const at::Tensor& weight_hh,
                                          const at::Tensor& gain_hh, const at::Tensor& gain_c,
                                          bool from_batch, at::TensorList saved) {
-  const BnSaved s{saved[0], saved[1], saved[2], saved[3],
-                  saved[4], saved[5], saved[6], saved[7]};
+  const BnSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],  saved[5],
+                  saved[6], saved[7], saved[8], saved[9], saved[10]};
   const int64_t batch = d_out.size(0), steps = d_out.size(1), H = weight_hh.size(1), G = 4 * H;
   auto d_h = d_h_last.contiguous().clone();
   auto d_c = d_c_last.contiguous().clone();
-  auto d_ih = d_out.new_empty({batch, steps, G});
+  auto d_xp = d_out.new_empty({steps, batch, G});
   auto d_hh = d_out.new_empty({steps, batch, G});
-  auto sums = d_out.new_zeros({G + 2 * H});
+  auto sums = d_out.new_zeros({3 * G + 2 * H});
   AT_DISPATCH_FLOATING_TYPES(d_out.scalar_type(), "bn_lstm_backward", [&] {
-    bn_backward_steps<scalar_t>(d_out.contiguous(), d_h, d_c, weight_hh, gain_hh.contiguous(),
-                                gain_c.contiguous(), from_batch, s, d_ih, d_hh, sums);
+    bn_backward_steps<scalar_t>(d_out.contiguous(), xp, d_h, d_c, gain_ih, weight_hh, gain_hh,
+                                gain_c, from_batch, s, d_xp, d_hh, sums.data_ptr<scalar_t>());
   });
   auto d_weight = at::mm(flat(d_hh).t(), flat(s.hs.narrow(0, 0, steps)));
-  return {d_ih, d_weight, sums.narrow(0, 0, G), sums.narrow(0, G, H), sums.narrow(0, G + H, H),
-          d_h, d_c};
+  return {d_xp,
+          sums.narrow(0, 0, G),
+          sums.narrow(0, G, G),
+          d_weight,
+          sums.narrow(0, 2 * G, G),
+          sums.narrow(0, 3 * G, H),
+          sums.narrow(0, 3 * G + H, H),
+          d_h,
+          d_c};
 }
 
 }  // namespace
@@ -771,12 +815,12 @@ TORCH_LIBRARY(rnn_orch, m) {
   m.def("ln_gru_backward(Tensor d_out, Tensor xp, Tensor d_h_last, Tensor gain_ih, "
         "Tensor weight_hh, Tensor bias_hh, Tensor gain_hh, Tensor[] saved) -> Tensor[]",
         &ln_gru_backward);
-  m.def("bn_lstm_forward(Tensor ih, Tensor weight_hh, Tensor gain_hh, Tensor gain_c, "
-        "Tensor shift_c, Tensor h0, Tensor c0, Tensor(a!) mean_hh, Tensor(b!) var_hh, "
-        "Tensor(c!) mean_c, Tensor(d!) var_c, bool from_batch, float eps, float momentum) "
-        "-> Tensor[]",
+  m.def("bn_lstm_forward(Tensor xp, Tensor bias, Tensor gain_ih, Tensor weight_hh, "
+        "Tensor gain_hh, Tensor gain_c, Tensor shift_c, Tensor h0, Tensor c0, "
+        "Tensor(a!)[] running, bool from_batch, float eps, float momentum) -> Tensor[]",
         &bn_lstm_forward);
-  m.def("bn_lstm_backward(Tensor d_out, Tensor d_h_last, Tensor d_c_last, Tensor weight_hh, "
-        "Tensor gain_hh, Tensor gain_c, bool from_batch, Tensor[] saved) -> Tensor[]",
+  m.def("bn_lstm_backward(Tensor d_out, Tensor xp, Tensor d_h_last, Tensor d_c_last, "
+        "Tensor gain_ih, Tensor weight_hh, Tensor gain_hh, Tensor gain_c, bool from_batch, "
+        "Tensor[] saved) -> Tensor[]",
         &bn_lstm_backward);
 }

@@ -106,18 +106,20 @@ def test_the_gru_kernels_gradients_pass_gradcheck():
 def test_the_bn_lstm_kernels_gradients_pass_gradcheck(from_batch):
     torch.manual_seed(4)
     batch, steps, hidden = 3, 4, 5
-    statistics = (torch.randn(steps, 4 * hidden, dtype=torch.float64),
-                  torch.rand(steps, 4 * hidden, dtype=torch.float64) + 0.5,
-                  torch.randn(steps, hidden, dtype=torch.float64),
-                  torch.rand(steps, hidden, dtype=torch.float64) + 0.5)
+    running = [torch.randn(steps, width, dtype=torch.float64) + (0.5 if k % 2 else 0.0)
+               for width in (4 * hidden, 4 * hidden, hidden) for k in range(2)]
+    for var in running[1::2]:
+        var.abs_()
 
-    def layer(ih, w_hh, g_hh, g_c, s_c, h0, c0):
-        outputs, (h, c) = compiled_loops.bn_lstm_layer(ih, w_hh, g_hh, g_c, s_c, statistics,
-                                                       from_batch, 1e-5, 0.1, (h0, c0))
+    def layer(x, w_ih, w_hh, bias, g_ih, g_hh, g_c, s_c, h0, c0):
+        outputs, (h, c) = compiled_loops.bn_lstm_layer(x, w_ih, w_hh, bias, g_ih, g_hh, g_c,
+                                                       s_c, running, from_batch, 1e-5, 0.1,
+                                                       (h0, c0))
         return outputs, h, c
 
-    inputs = (double(batch, steps, 4 * hidden), double(4 * hidden, hidden), double(4 * hidden),
-              double(hidden), double(hidden), double(batch, hidden), double(batch, hidden))
+    inputs = (double(batch, steps, 2), double(4 * hidden, 2), double(4 * hidden, hidden),
+              double(4 * hidden), double(4 * hidden), double(4 * hidden), double(hidden),
+              double(hidden), double(batch, hidden), double(batch, hidden))
     assert torch.autograd.gradcheck(layer, inputs)
 
 
