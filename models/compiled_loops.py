@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from torch.autograd.function import once_differentiable
 _SOURCE = Path(__file__).with_name("kernels") / "normalized_cells.cpp"
 _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 _log = logging.getLogger(__name__)
+_loading = threading.Lock()
 
 
 def applies(inputs: torch.Tensor) -> bool:
@@ -167,10 +169,16 @@ class _BNLSTMTimeLoop(torch.autograd.Function):
         return (*grads, None, None, None, None)  # none for the statistics and settings
 
 
-@functools.cache
 def _ops():
     """The kernels' ops once built and loaded, or None (with one warning) when they cannot
-    be built here."""
+    be built here. One thread builds; another asking meanwhile waits for it (loading the
+    library twice would register its ops twice)."""
+    with _loading:
+        return _built()
+
+
+@functools.cache
+def _built():
     try:
         _put_ninja_on_path()
         from torch.utils import cpp_extension

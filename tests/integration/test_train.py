@@ -148,15 +148,17 @@ def test_nan_data_on_one_rank_is_survived_by_the_guard(ray_address, workdir):
     assert np.isfinite(outcome.final["val_loss"])
 
 
-@pytest.mark.parametrize("cell", ["ln_lstm", "ln_gru"])
-def test_normalized_cells_train_data_parallel_on_their_compiled_time_loop(
-        cell, ray_address, workdir):
+@pytest.mark.parametrize("cell, time_loop", [
+    ("ln_lstm", "compiled"), ("ln_gru", "compiled"),
+    ("bn_lstm", "python"),  # its statistics are all-reduced between the workers step by step
+])
+def test_normalized_cells_train_data_parallel(cell, time_loop, ray_address, workdir):
     config = tiny_config(f"model.cell={cell}", "train.steps=200", "train.eval_every=50",
                          "train.checkpoint_every=200")
     outcome = driver.train(config)
 
     run = MlflowClient(config.tracking.uri).get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["model.time_loop"] == "compiled"
+    assert run.data.tags["model.time_loop"] == time_loop
     val = list(history(config, outcome, "val_loss").values())
     assert len(val) == 4 and val[-1] < 0.5 * val[0]

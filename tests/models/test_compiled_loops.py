@@ -161,12 +161,12 @@ def test_without_a_compiler_they_fall_back_to_the_python_loop(tmp_path, monkeypa
     monkeypatch.setattr(compiled_loops, "_SOURCE", broken)
     monkeypatch.setattr(compiled_loops, "_cpu_digest", lambda: "broken_source_test")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
-    compiled_loops._ops.cache_clear()
+    compiled_loops._built.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger=compiled_loops.__name__):
             assert not compiled_loops.applies(torch.zeros(1))
             outputs, _ = randomized("ln_lstm")(torch.randn(BATCH, STEPS, FEATURES))
     finally:
-        compiled_loops._ops.cache_clear()
+        compiled_loops._built.cache_clear()
     assert outputs.shape == (BATCH, STEPS, HIDDEN)
     assert "run their Python time loop" in caplog.text and str(broken) in caplog.text
