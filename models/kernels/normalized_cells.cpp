@@ -477,58 +477,49 @@ std::vector<at::Tensor> ln_gru_backward(const at::Tensor& d_out, const at::Tenso
 // each running mean and variance) move towards them as F.batch_norm moves them; in
 // evaluation the running ones normalise, and nothing changes.
 
-// Per-unit mean and 1 / std over the rows of x (rows x width): in training the batch's
-// (biased variance), with the running statistics updated; in evaluation the running ones.
+// Per-unit mean and 1 / std over the rows of x (rows x width), for units [begin, end): in
+// training the batch's (biased variance), with the running statistics updated; in
+// evaluation the running ones.
 template <typename T>
-void column_statistics(const T* x, int64_t rows, int64_t width, bool from_batch, T eps,
-                       T momentum, T* __restrict running_mean, T* __restrict running_var,
-                       T* __restrict mean, T* __restrict rstd) {
-  at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
-    if (!from_batch) {
-      for (int64_t j = begin; j < end; ++j) {
-        mean[j] = running_mean[j];
-        rstd[j] = T(1) / std::sqrt(running_var[j] + eps);
-      }
-      return;
-    }
-    std::vector<T> var(end - begin, T(0));
-    for (int64_t j = begin; j < end; ++j) mean[j] = 0;
-    for (int64_t b = 0; b < rows; ++b) {
-      const T* __restrict row = x + b * width;
-#pragma omp simd
-      for (int64_t j = begin; j < end; ++j) mean[j] += row[j];
-    }
-    for (int64_t j = begin; j < end; ++j) mean[j] /= rows;
-    for (int64_t b = 0; b < rows; ++b) {
-      const T* __restrict row = x + b * width;
-#pragma omp simd
-      for (int64_t j = begin; j < end; ++j)
-        var[j - begin] += (row[j] - mean[j]) * (row[j] - mean[j]);
-    }
+void column_statistics(const T* x, int64_t rows, int64_t width, int64_t begin, int64_t end,
+                       bool from_batch, T eps, T momentum, T* __restrict running_mean,
+                       T* __restrict running_var, T* __restrict mean, T* __restrict rstd) {
+  if (!from_batch) {
     for (int64_t j = begin; j < end; ++j) {
-      const T biased = var[j - begin] / rows;
-      rstd[j] = T(1) / std::sqrt(biased + eps);
-      running_mean[j] += momentum * (mean[j] - running_mean[j]);
-      running_var[j] += momentum * (biased * rows / (rows - 1) - running_var[j]);
+      mean[j] = running_mean[j];
+      rstd[j] = T(1) / std::sqrt(running_var[j] + eps);
     }
-  });
+    return;
+  }
+  std::vector<T> var(end - begin, T(0));
+  for (int64_t j = begin; j < end; ++j) mean[j] = 0;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict row = x + b * width;
+#pragma omp simd
+    for (int64_t j = begin; j < end; ++j) mean[j] += row[j];
+  }
+  for (int64_t j = begin; j < end; ++j) mean[j] /= rows;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict row = x + b * width;
+#pragma omp simd
+    for (int64_t j = begin; j < end; ++j)
+      var[j - begin] += (row[j] - mean[j]) * (row[j] - mean[j]);
+  }
+  for (int64_t j = begin; j < end; ++j) {
+    const T biased = var[j - begin] / rows;
+    rstd[j] = T(1) / std::sqrt(biased + eps);
+    running_mean[j] += momentum * (mean[j] - running_mean[j]);
+    running_var[j] += momentum * (biased * rows / (rows - 1) - running_var[j]);
+  }
 }
 
-// Per-unit sums over the rows of d and of d * xhat, where xhat = (x - mean) * rstd.
+// The same for every unit, the units split between the threads.
 template <typename T>
-void column_sums(const T* d, const T* x, const T* mean, const T* rstd, int64_t rows,
-                 int64_t width, T* __restrict sum_d, T* __restrict sum_dx) {
+void column_statistics(const T* x, int64_t rows, int64_t width, bool from_batch, T eps,
+                       T momentum, T* running_mean, T* running_var, T* mean, T* rstd) {
   at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) sum_d[j] = sum_dx[j] = 0;
-    for (int64_t b = 0; b < rows; ++b) {
-      const T* __restrict dr = d + b * width;
-      const T* __restrict xr = x + b * width;
-#pragma omp simd
-      for (int64_t j = begin; j < end; ++j) {
-        sum_d[j] += dr[j];
-        sum_dx[j] += dr[j] * (xr[j] - mean[j]) * rstd[j];
-      }
-    }
+    column_statistics(x, rows, width, begin, end, from_batch, eps, momentum, running_mean,
+                      running_var, mean, rstd);
   });
 }
 
@@ -561,12 +552,17 @@ void bn_forward_steps(const at::Tensor& xp, const at::Tensor& bias, const at::Te
   T *cells = s.cells.data_ptr<T>(), *chat = s.chat.data_ptr<T>();
   T *c_rstd = s.c_rstd.data_ptr<T>(), *tanh_c = s.tanh_c.data_ptr<T>();
   T *hs = s.hs.data_ptr<T>(), *out_p = out.data_ptr<T>();
+  // The input side's statistics wait for no step: all of them first, the steps split
+  // between the threads.
+  at::parallel_for(0, steps, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      column_statistics(xp_p + t * batch * G, batch, G, 0, G, from_batch, eps, momentum,
+                        rm_ih + t * G, rv_ih + t * G, x_mean + t * G, x_rstd + t * G);
+  });
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t first = t * batch;
     at::Tensor hh_t = s.hh[t];
     at::mm_out(hh_t, s.hs[t], w_t);
-    column_statistics(xp_p + first * G, batch, G, from_batch, eps, momentum, rm_ih + t * G,
-                      rv_ih + t * G, x_mean + t * G, x_rstd + t * G);
     column_statistics(hh + first * G, batch, G, from_batch, eps, momentum, rm_hh + t * G,
                       rv_hh + t * G, hh_mean + t * G, hh_rstd + t * G);
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
@@ -636,6 +632,24 @@ inline void column_norm_backward(T* __restrict d, const T* __restrict x,
   }
 }
 
+// Column sums of one pass over the rows, taken in that pass: each thread adds its rows
+// into its own row of `partial`, and `total` adds the threads' rows up afterwards.
+template <typename T>
+struct PartialSums {
+  int64_t width;
+  std::vector<T> partial, sum;
+  explicit PartialSums(int64_t width_)
+      : width(width_), partial(at::get_num_threads() * width_), sum(width_) {}
+  void clear() { std::fill(partial.begin(), partial.end(), T(0)); }
+  T* mine() { return partial.data() + at::get_thread_num() * width; }
+  const T* total() {
+    std::fill(sum.begin(), sum.end(), T(0));
+    for (size_t k = 0; k < partial.size(); k += width)
+      for (int64_t j = 0; j < width; ++j) sum[j] += partial[k + j];
+    return sum.data();
+  }
+};
+
 // Sums, over every step: d bias, d gain_ih, d gain_hh (G each), d gain_c, d shift_c (H).
 template <typename T>
 void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor& d_h,
@@ -652,16 +666,22 @@ void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor
   const T *c_rstd = s.c_rstd.data_ptr<T>(), *tanh_c = s.tanh_c.data_ptr<T>();
   T *d_xp_p = d_xp.data_ptr<T>(), *d_hh_p = d_hh.data_ptr<T>();
   T *dh = d_h.data_ptr<T>(), *dc = d_c.data_ptr<T>();
-  std::vector<T> d_cn(batch * H), zeros(H, T(0)), ones(H, T(1));
-  std::vector<T> x1(G), x2(G), h1(G), h2(G);  // column sums of this step
+  std::vector<T> d_cn(batch * H);
+  PartialSums<T> cell_sums(2 * H);  // of d_cn and d_cn * chat
+  PartialSums<T> gate_sums(3 * G);  // of dp, dp * xhat and dp * hhat
   const T per_row = from_batch ? T(1) / batch : T(0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t first = t * batch;
+    const T *xm = x_mean + t * G, *xr = x_rstd + t * G;
+    const T *hm = hh_mean + t * G, *hr = hh_rstd + t * G;
+    cell_sums.clear();
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
+      T* __restrict sum = cell_sums.mine();
       for (int64_t b = begin; b < end; ++b) {
         const int64_t row = first + b;
         const T* __restrict a = acts + row * G;
         const T* __restrict tc = tanh_c + row * H;
+        const T* __restrict ch = chat + row * H;
         const T* __restrict d_o = d_out_p + (b * steps + t) * H;
         const T* __restrict dhr = dh + b * H;
         T* __restrict dp = d_xp_p + row * G;
@@ -672,31 +692,34 @@ void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor
           const T o = a[3 * H + j];
           dcn[j] = g * o * (T(1) - tc[j] * tc[j]);
           dp[3 * H + j] = g * tc[j] * o * (T(1) - o);
+          sum[j] += dcn[j];
+          sum[H + j] += dcn[j] * ch[j];
         }
       }
     });
-    // chat is normalised already: a mean of 0 and a 1 / std of 1 leave it as it is
-    column_sums(d_cn.data(), chat + first * H, zeros.data(), ones.data(), batch, H, x1.data(),
-                x2.data());
+    const T* c1 = cell_sums.total();  // sums over the rows of d_cn, then of d_cn * chat
+    const T* c2 = c1 + H;
     for (int64_t j = 0; j < H; ++j) {
-      sums[3 * G + j] += x2[j];
-      sums[3 * G + H + j] += x1[j];
+      sums[3 * G + j] += c2[j];
+      sums[3 * G + H + j] += c1[j];
     }
+    gate_sums.clear();
     at::parallel_for(0, batch, kGrain, [&](int64_t begin, int64_t end) {
+      T* __restrict sum = gate_sums.mine();
       for (int64_t b = begin; b < end; ++b) {
         const int64_t row = first + b;
         const T* __restrict a = acts + row * G;
         const T* __restrict ch = chat + row * H;
         const T* __restrict c_prev = cells + row * H;
         const T* __restrict crstd = c_rstd + t * H;
-        const T* __restrict m1 = x1.data();
-        const T* __restrict m2 = x2.data();
-        T* __restrict dcn = d_cn.data() + b * H;
+        const T* __restrict dcn = d_cn.data() + b * H;
+        const T* __restrict x = xp_p + row * G;
+        const T* __restrict h_in = hh + row * G;
         T* __restrict dcr = dc + b * H;
         T* __restrict dp = d_xp_p + row * G;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
-          const T d_norm = g_c[j] * crstd[j] * (dcn[j] - per_row * (m1[j] + ch[j] * m2[j]));
+          const T d_norm = g_c[j] * crstd[j] * (dcn[j] - per_row * (c1[j] + ch[j] * c2[j]));
           const T d = dcr[j] + d_norm;
           const T i = a[j], f = a[H + j], g = a[2 * H + j];
           dp[j] = d * g * i * (T(1) - i);
@@ -704,14 +727,17 @@ void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor
           dp[2 * H + j] = d * i * (T(1) - g * g);
           dcr[j] = d * f;
         }
+        // dp is now the gradient of the gates' pre-activations, both sides' share
+#pragma omp simd
+        for (int64_t j = 0; j < G; ++j) {
+          sum[j] += dp[j];
+          sum[G + j] += dp[j] * (x[j] - xm[j]) * xr[j];
+          sum[2 * G + j] += dp[j] * (h_in[j] - hm[j]) * hr[j];
+        }
       }
     });
-    // dp is now the gradient of the gates' pre-activations, both sides' share
-    T* dp_t = d_xp_p + first * G;
-    column_sums(dp_t, xp_p + first * G, x_mean + t * G, x_rstd + t * G, batch, G, x1.data(),
-                x2.data());
-    column_sums(dp_t, hh + first * G, hh_mean + t * G, hh_rstd + t * G, batch, G, h1.data(),
-                h2.data());
+    const T* x1 = gate_sums.total();  // sums of dp, dp * xhat, dp * hhat
+    const T *x2 = x1 + G, *h2 = x1 + 2 * G;
     for (int64_t j = 0; j < G; ++j) {
       sums[j] += x1[j];
       sums[G + j] += x2[j];
@@ -723,10 +749,8 @@ void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor
         T* __restrict dp = d_xp_p + row * G;
         T* __restrict dhh = d_hh_p + row * G;
         std::memcpy(dhh, dp, G * sizeof(T));
-        column_norm_backward(dhh, hh + row * G, hh_mean + t * G, hh_rstd + t * G, g_hh,
-                             h1.data(), h2.data(), per_row, G);
-        column_norm_backward(dp, xp_p + row * G, x_mean + t * G, x_rstd + t * G, g_ih,
-                             x1.data(), x2.data(), per_row, G);
+        column_norm_backward(dhh, hh + row * G, hm, hr, g_hh, x1, h2, per_row, G);
+        column_norm_backward(dp, xp_p + row * G, xm, xr, g_ih, x1, x2, per_row, G);
       }
     });
     at::mm_out(d_h, d_hh[t], weight_hh);
