@@ -27,6 +27,7 @@ import platform
 import shutil
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,10 @@ def lstm_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.T
     ``LayerNormLSTM``'s norms.
     """
     h0, c0 = initial or (_zero_state(inputs, weight_hh),) * 2
-    outputs, h_last, c_last = _LSTMTimeLoop.apply(
-        _time_major_product(inputs, weight_ih), bias, gain_ih, weight_hh, gain_hh, gain_cell,
-        shift_cell, h0, c0, eps)
-    return outputs, (h_last, c_last)
+    outputs, *final = _TimeLoop.apply(
+        _Cell("ln_lstm", 2, (eps,)), _time_major_product(inputs, weight_ih), bias, gain_ih,
+        weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
+    return outputs, tuple(final)
 
 
 def gru_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
@@ -66,15 +67,16 @@ def gru_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Te
               gain_hh: torch.Tensor, eps: float, initial: tuple[torch.Tensor, ...] | None):
     """One ``ln_gru`` layer over ``inputs`` (B, T, F): outputs (B, T, H) and (h_T,)."""
     (h0,) = initial or (_zero_state(inputs, weight_hh),)
-    outputs, h_last = _GRUTimeLoop.apply(_time_major_product(inputs, weight_ih), bias_ih,
-                                         gain_ih, weight_hh, bias_hh, gain_hh, h0, eps)
-    return outputs, (h_last,)
+    outputs, *final = _TimeLoop.apply(
+        _Cell("ln_gru", 1, (eps,)), _time_major_product(inputs, weight_ih), bias_ih, gain_ih,
+        weight_hh, bias_hh, gain_hh, h0)
+    return outputs, tuple(final)
 
 
 def bn_lstm_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
                   bias: torch.Tensor, gain_ih: torch.Tensor, gain_hh: torch.Tensor,
                   gain_cell: torch.Tensor, shift_cell: torch.Tensor,
-                  running: tuple[torch.Tensor, ...], from_batch: bool, eps: float,
+                  running: list[torch.Tensor], from_batch: bool, eps: float,
                   momentum: float, initial: tuple[torch.Tensor, ...] | None):
     """One ``bn_lstm`` layer over ``inputs`` (B, T, F): outputs (B, T, H) and (h_T, c_T).
 
@@ -84,10 +86,10 @@ def bn_lstm_layer(inputs: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torc
     ``F.batch_norm`` moves its own; otherwise they normalise.
     """
     h0, c0 = initial or (_zero_state(inputs, weight_hh),) * 2
-    outputs, h_last, c_last = _BNLSTMTimeLoop.apply(
-        _time_major_product(inputs, weight_ih), bias, gain_ih, weight_hh, gain_hh, gain_cell,
-        shift_cell, h0, c0, running, from_batch, eps, momentum)
-    return outputs, (h_last, c_last)
+    cell = _Cell("bn_lstm", 2, (list(running), from_batch, eps, momentum), (from_batch,))
+    outputs, *final = _TimeLoop.apply(cell, _time_major_product(inputs, weight_ih), bias,
+                                      gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
+    return outputs, tuple(final)
 
 
 def _time_major_product(inputs: torch.Tensor, weight_ih: torch.Tensor) -> torch.Tensor:
@@ -99,74 +101,39 @@ def _zero_state(inputs: torch.Tensor, weight_hh: torch.Tensor) -> torch.Tensor:
     return inputs.new_zeros(inputs.size(0), weight_hh.size(1))
 
 
-def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.contiguous() for t in tensors]
+class _Cell(NamedTuple):
+    """Which kernels a layer runs (``<name>_forward``, ``<name>_backward``), how many
+    tensors its state has (h, or h and c), and what the two take besides tensors."""
+
+    name: str
+    states: int
+    forward_settings: tuple
+    backward_settings: tuple = ()
 
 
-class _LSTMTimeLoop(torch.autograd.Function):
-    """xp (T, B, 4H), the input side of every step before its norm -> outputs (B, T, H),
-    h_T and c_T."""
-
-    @staticmethod
-    def forward(ctx, xp, bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0, eps):
-        params = _contiguous(bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
-        outputs, *saved = _ops().ln_lstm_forward(xp, *params, eps)
-        ctx.save_for_backward(xp, *params[1:5], *saved)
-        hs, cells = saved[0], saved[1]  # (T+1, B, H): the last step is the final state
-        return outputs, hs[-1].clone(), cells[-1].clone()
+class _TimeLoop(torch.autograd.Function):
+    """xp (T, B, gates), the input side of every step before its norm, and the cell's
+    tensors, its initial state last -> outputs (B, T, H) and the final state."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, d_outputs, d_h_last, d_c_last):
-        xp, gain_ih, weight_hh, gain_hh, gain_cell, *saved = ctx.saved_tensors
-        grads = _ops().ln_lstm_backward(d_outputs.contiguous(), xp, d_h_last, d_c_last,
-                                         gain_ih, weight_hh, gain_hh, gain_cell, saved)
-        return (*grads, None)  # none for eps
-
-
-class _GRUTimeLoop(torch.autograd.Function):
-    """xp (T, B, 3H), the input side of every step before its norm -> outputs (B, T, H)
-    and h_T."""
-
-    @staticmethod
-    def forward(ctx, xp, bias_ih, gain_ih, weight_hh, bias_hh, gain_hh, h0, eps):
-        params = _contiguous(bias_ih, gain_ih, weight_hh, bias_hh, gain_hh, h0)
-        outputs, *saved = _ops().ln_gru_forward(xp, *params, eps)
-        ctx.save_for_backward(xp, *params[1:5], *saved)
-        return outputs, saved[0][-1].clone()  # hs (T+1, B, H) ends with the final state
+    def forward(ctx, cell: _Cell, xp: torch.Tensor, *tensors: torch.Tensor):
+        tensors = [t.contiguous() for t in tensors]
+        outputs, *saved = getattr(_ops(), f"{cell.name}_forward")(xp, tensors,
+                                                                  *cell.forward_settings)
+        ctx.cell, ctx.count = cell, len(tensors)
+        ctx.save_for_backward(xp, *tensors, *saved)
+        # what a kernel keeps starts with h (and c) for steps 0..T: the last is the final one
+        return outputs, *(saved[k][-1].clone() for k in range(cell.states))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, d_outputs, d_h_last):
-        xp, gain_ih, weight_hh, bias_hh, gain_hh, *saved = ctx.saved_tensors
-        grads = _ops().ln_gru_backward(d_outputs.contiguous(), xp, d_h_last, gain_ih,
-                                        weight_hh, bias_hh, gain_hh, saved)
-        return (*grads, None)  # none for eps
-
-
-class _BNLSTMTimeLoop(torch.autograd.Function):
-    """xp (T, B, 4H), the input side of every step before its norm -> outputs (B, T, H),
-    h_T and c_T."""
-
-    @staticmethod
-    def forward(ctx, xp, bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0,
-                running, from_batch, eps, momentum):
-        params = _contiguous(bias, gain_ih, weight_hh, gain_hh, gain_cell, shift_cell, h0, c0)
-        outputs, *saved = _ops().bn_lstm_forward(xp, *params, list(running), from_batch, eps,
-                                                 momentum)
-        ctx.save_for_backward(xp, *params[1:5], *saved)
-        ctx.from_batch = from_batch
-        hs, cells = saved[0], saved[1]
-        return outputs, hs[-1].clone(), cells[-1].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_outputs, d_h_last, d_c_last):
-        xp, gain_ih, weight_hh, gain_hh, gain_cell, *saved = ctx.saved_tensors
-        grads = _ops().bn_lstm_backward(d_outputs.contiguous(), xp, d_h_last, d_c_last,
-                                         gain_ih, weight_hh, gain_hh, gain_cell, ctx.from_batch,
-                                         saved)
-        return (*grads, None, None, None, None)  # none for the statistics and settings
+    def backward(ctx, d_outputs, *d_states):
+        xp, *rest = ctx.saved_tensors
+        tensors, saved = rest[:ctx.count], rest[ctx.count:]
+        grads = getattr(_ops(), f"{ctx.cell.name}_backward")(
+            d_outputs.contiguous(), xp, [d.contiguous() for d in d_states], tensors,
+            *ctx.cell.backward_settings, saved)
+        return None, *grads  # none for the cell
 
 
 def _ops():

@@ -12,7 +12,7 @@ loop, one step at a time:
 
 Only the recurrent product has to wait for the previous step; everything on the input
 side is one large product over the whole sequence. On CPU a layer's forward runs a
-compiled loop with a backward written by hand (``models.compiled_loops``), 2.5-4.5 times
+compiled loop with a backward written by hand (``models.compiled_loops``), 2 to 3 times
 as fast as the Python loop here (``benchmarks/cells.py``). The Python loop runs
 everything else: ``unroll``, which needs every step's tensors, GPUs, autocast, and
 machines without a C++ compiler. Its steps are taken with ``unbind`` rather than

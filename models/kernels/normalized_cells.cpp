@@ -125,6 +125,11 @@ void check(const at::Tensor& x, int64_t dims, const char* name) {
               " dimensions");
 }
 
+void check_count(at::TensorList tensors, size_t count, const char* what) {
+  TORCH_CHECK(tensors.size() == count, what, " kernel: expected ", count, " tensors, got ",
+              tensors.size());
+}
+
 at::Tensor flat(const at::Tensor& x) { return x.reshape({-1, x.size(-1)}); }
 
 // ---- ln_lstm: gates i, f, g, o (torch's order), G = 4H ----------------------------------
@@ -259,13 +264,14 @@ void lstm_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tens
   }
 }
 
-// xp (T, B, 4H) -> out (B, T, H) and what the backward needs; h_T and c_T are the last
-// rows of hs and cells.
-std::vector<at::Tensor> ln_lstm_forward(const at::Tensor& xp, const at::Tensor& bias,
-                                        const at::Tensor& gain_ih, const at::Tensor& weight_hh,
-                                        const at::Tensor& gain_hh, const at::Tensor& gain_c,
-                                        const at::Tensor& shift_c, const at::Tensor& h0,
-                                        const at::Tensor& c0, double eps) {
+// xp (T, B, 4H) and (bias, gain_ih, weight_hh, gain_hh, gain_c, shift_c, h0, c0) -> out
+// (B, T, H) and what the backward needs; h_T and c_T are the last rows of hs and cells.
+std::vector<at::Tensor> ln_lstm_forward(const at::Tensor& xp, at::TensorList params,
+                                        double eps) {
+  check_count(params, 8, "ln_lstm");
+  const at::Tensor &bias = params[0], &gain_ih = params[1], &weight_hh = params[2],
+                   &gain_hh = params[3], &gain_c = params[4], &shift_c = params[5],
+                   &h0 = params[6], &c0 = params[7];
   for (const auto* x : {&bias, &gain_ih, &gain_hh, &gain_c, &shift_c}) check(*x, 1, "a gain");
   check(xp, 3, "xp");
   check(weight_hh, 2, "weight_hh");
@@ -289,10 +295,10 @@ std::vector<at::Tensor> ln_lstm_forward(const at::Tensor& xp, const at::Tensor& 
 
 // -> d xp, d bias, d gain_ih, d weight_hh, d gain_hh, d gain_c, d shift_c, d h0, d c0
 std::vector<at::Tensor> ln_lstm_backward(const at::Tensor& d_out, const at::Tensor& xp,
-                                         const at::Tensor& d_h_last, const at::Tensor& d_c_last,
-                                         const at::Tensor& gain_ih, const at::Tensor& weight_hh,
-                                         const at::Tensor& gain_hh, const at::Tensor& gain_c,
+                                         at::TensorList d_states, at::TensorList params,
                                          at::TensorList saved) {
+  const at::Tensor &gain_ih = params[1], &weight_hh = params[2], &gain_hh = params[3],
+                   &gain_c = params[4], &d_h_last = d_states[0], &d_c_last = d_states[1];
   const LstmSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],
                     saved[5], saved[6], saved[7], saved[8], saved[9]};
   const int64_t batch = d_out.size(0), steps = d_out.size(1), H = weight_hh.size(1), G = 4 * H;
@@ -426,11 +432,13 @@ void gru_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tenso
   }
 }
 
-// xp (T, B, 3H) -> out (B, T, H) and what the backward needs; h_T is the last row of hs.
-std::vector<at::Tensor> ln_gru_forward(const at::Tensor& xp, const at::Tensor& bias_ih,
-                                       const at::Tensor& gain_ih, const at::Tensor& weight_hh,
-                                       const at::Tensor& bias_hh, const at::Tensor& gain_hh,
-                                       const at::Tensor& h0, double eps) {
+// xp (T, B, 3H) and (bias_ih, gain_ih, weight_hh, bias_hh, gain_hh, h0) -> out (B, T, H)
+// and what the backward needs; h_T is the last row of hs.
+std::vector<at::Tensor> ln_gru_forward(const at::Tensor& xp, at::TensorList params,
+                                       double eps) {
+  check_count(params, 6, "ln_gru");
+  const at::Tensor &bias_ih = params[0], &gain_ih = params[1], &weight_hh = params[2],
+                   &bias_hh = params[3], &gain_hh = params[4], &h0 = params[5];
   for (const auto* x : {&bias_ih, &gain_ih, &bias_hh, &gain_hh}) check(*x, 1, "a gain");
   check(xp, 3, "xp");
   check(weight_hh, 2, "weight_hh");
@@ -450,9 +458,10 @@ std::vector<at::Tensor> ln_gru_forward(const at::Tensor& xp, const at::Tensor& b
 
 // -> d xp, d bias_ih, d gain_ih, d weight_hh, d bias_hh, d gain_hh, d h0
 std::vector<at::Tensor> ln_gru_backward(const at::Tensor& d_out, const at::Tensor& xp,
-                                        const at::Tensor& d_h_last, const at::Tensor& gain_ih,
-                                        const at::Tensor& weight_hh, const at::Tensor& bias_hh,
-                                        const at::Tensor& gain_hh, at::TensorList saved) {
+                                        at::TensorList d_states, at::TensorList params,
+                                        at::TensorList saved) {
+  const at::Tensor &gain_ih = params[1], &weight_hh = params[2], &bias_hh = params[3],
+                   &gain_hh = params[4], &d_h_last = d_states[0];
   const GruSaved s{saved[0], saved[1], saved[2], saved[3], saved[4], saved[5]};
   const int64_t batch = d_out.size(0), steps = d_out.size(1), H = weight_hh.size(1), G = 3 * H;
   auto d_h = d_h_last.contiguous().clone();
@@ -757,15 +766,19 @@ void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor
   }
 }
 
-// xp (T, B, 4H) -> out (B, T, H) and what the backward needs; h_T and c_T are the last
-// rows of hs and cells. The running statistics, (T, .) each, are views of the buffers'
-// rows for these steps in training, updated in place; read in evaluation.
-std::vector<at::Tensor> bn_lstm_forward(const at::Tensor& xp, const at::Tensor& bias,
-                                        const at::Tensor& gain_ih, const at::Tensor& weight_hh,
-                                        const at::Tensor& gain_hh, const at::Tensor& gain_c,
-                                        const at::Tensor& shift_c, const at::Tensor& h0,
-                                        const at::Tensor& c0, at::TensorList running,
-                                        bool from_batch, double eps, double momentum) {
+// xp (T, B, 4H) and (bias, gain_ih, weight_hh, gain_hh, gain_c, shift_c, h0, c0) -> out
+// (B, T, H) and what the backward needs; h_T and c_T are the last rows of hs and cells.
+// The running statistics (mean and variance of the input side, the recurrent side and
+// the cell), (T, .) each, are views of the buffers' rows for these steps in training,
+// updated in place; read in evaluation.
+std::vector<at::Tensor> bn_lstm_forward(const at::Tensor& xp, at::TensorList params,
+                                        at::TensorList running, bool from_batch, double eps,
+                                        double momentum) {
+  check_count(params, 8, "bn_lstm");
+  check_count(running, 6, "bn_lstm's running statistics:");
+  const at::Tensor &bias = params[0], &gain_ih = params[1], &weight_hh = params[2],
+                   &gain_hh = params[3], &gain_c = params[4], &shift_c = params[5],
+                   &h0 = params[6], &c0 = params[7];
   for (const auto* x : {&bias, &gain_ih, &gain_hh, &gain_c, &shift_c}) check(*x, 1, "a gain");
   for (const auto& x : running) check(x, 2, "a running statistic");
   check(xp, 3, "xp");
@@ -794,10 +807,10 @@ std::vector<at::Tensor> bn_lstm_forward(const at::Tensor& xp, const at::Tensor& 
 
 // -> d xp, d bias, d gain_ih, d weight_hh, d gain_hh, d gain_c, d shift_c, d h0, d c0
 std::vector<at::Tensor> bn_lstm_backward(const at::Tensor& d_out, const at::Tensor& xp,
-                                         const at::Tensor& d_h_last, const at::Tensor& d_c_last,
-                                         const at::Tensor& gain_ih, const at::Tensor& weight_hh,
-                                         const at::Tensor& gain_hh, const at::Tensor& gain_c,
+                                         at::TensorList d_states, at::TensorList params,
                                          bool from_batch, at::TensorList saved) {
+  const at::Tensor &gain_ih = params[1], &weight_hh = params[2], &gain_hh = params[3],
+                   &gain_c = params[4], &d_h_last = d_states[0], &d_c_last = d_states[1];
   const BnSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],  saved[5],
                   saved[6], saved[7], saved[8], saved[9], saved[10]};
   const int64_t batch = d_out.size(0), steps = d_out.size(1), H = weight_hh.size(1), G = 4 * H;
@@ -824,27 +837,24 @@ std::vector<at::Tensor> bn_lstm_backward(const at::Tensor& d_out, const at::Tens
 
 }  // namespace
 
+// Every cell's ops take the same shape of arguments: xp, the cell's tensors (`params`:
+// the parameters in the order of its forward's arguments, the initial state last), and
+// its settings; the backward takes the gradients of the outputs and of the final state
+// (`d_states`) and returns those of xp and of every tensor in `params`, in order.
 TORCH_LIBRARY(rnn_orch, m) {
-  m.def("ln_lstm_forward(Tensor xp, Tensor bias, Tensor gain_ih, Tensor weight_hh, "
-        "Tensor gain_hh, Tensor gain_c, Tensor shift_c, Tensor h0, Tensor c0, float eps) "
-        "-> Tensor[]",
+  m.def("ln_lstm_forward(Tensor xp, Tensor[] params, float eps) -> Tensor[]",
         &ln_lstm_forward);
-  m.def("ln_lstm_backward(Tensor d_out, Tensor xp, Tensor d_h_last, Tensor d_c_last, "
-        "Tensor gain_ih, Tensor weight_hh, Tensor gain_hh, Tensor gain_c, Tensor[] saved) "
-        "-> Tensor[]",
-        &ln_lstm_backward);
-  m.def("ln_gru_forward(Tensor xp, Tensor bias_ih, Tensor gain_ih, Tensor weight_hh, "
-        "Tensor bias_hh, Tensor gain_hh, Tensor h0, float eps) -> Tensor[]",
-        &ln_gru_forward);
-  m.def("ln_gru_backward(Tensor d_out, Tensor xp, Tensor d_h_last, Tensor gain_ih, "
-        "Tensor weight_hh, Tensor bias_hh, Tensor gain_hh, Tensor[] saved) -> Tensor[]",
-        &ln_gru_backward);
-  m.def("bn_lstm_forward(Tensor xp, Tensor bias, Tensor gain_ih, Tensor weight_hh, "
-        "Tensor gain_hh, Tensor gain_c, Tensor shift_c, Tensor h0, Tensor c0, "
-        "Tensor(a!)[] running, bool from_batch, float eps, float momentum) -> Tensor[]",
-        &bn_lstm_forward);
-  m.def("bn_lstm_backward(Tensor d_out, Tensor xp, Tensor d_h_last, Tensor d_c_last, "
-        "Tensor gain_ih, Tensor weight_hh, Tensor gain_hh, Tensor gain_c, bool from_batch, "
+  m.def("ln_lstm_backward(Tensor d_out, Tensor xp, Tensor[] d_states, Tensor[] params, "
         "Tensor[] saved) -> Tensor[]",
+        &ln_lstm_backward);
+  m.def("ln_gru_forward(Tensor xp, Tensor[] params, float eps) -> Tensor[]", &ln_gru_forward);
+  m.def("ln_gru_backward(Tensor d_out, Tensor xp, Tensor[] d_states, Tensor[] params, "
+        "Tensor[] saved) -> Tensor[]",
+        &ln_gru_backward);
+  m.def("bn_lstm_forward(Tensor xp, Tensor[] params, Tensor(a!)[] running, bool from_batch, "
+        "float eps, float momentum) -> Tensor[]",
+        &bn_lstm_forward);
+  m.def("bn_lstm_backward(Tensor d_out, Tensor xp, Tensor[] d_states, Tensor[] params, "
+        "bool from_batch, Tensor[] saved) -> Tensor[]",
         &bn_lstm_backward);
 }
