@@ -185,7 +185,7 @@ class BatchNormLSTM(CustomRecurrent):
         if how.track:
             for norm in (norm_ih, norm_hh, norm_cell):
                 norm.cover(inputs.size(1))
-        if self._runs_compiled(inputs, unrolling):  # the norms alike: one eps, one momentum
+        if self._runs_compiled(inputs, unrolling):  # one eps and momentum: norms built alike
             running = [r for norm in (norm_ih, norm_hh, norm_cell) for r in norm.running(steps)]
             outputs, final = compiled_loops.bn_lstm_layer(
                 inputs, weight_ih, weight_hh, bias_ih + bias_hh, norm_ih.weight, norm_hh.weight,

@@ -4,10 +4,10 @@ The built-in cells are torch's fused modules: one call runs the whole sequence t
 every layer, which is what lets cuDNN do the work on a GPU. The normalized cells
 (``ln_lstm``, ``ln_gru``, ``bn_lstm``) normalise inside the recurrence, which the fused
 kernels cannot, and run their time loop step by step (``models.custom_cells``), compiled
-on CPU (``models.compiled_loops``). A cell
-joins by adding one entry to ``CELLS``: anything callable as
-``builder(input_size, hidden_size, num_layers, dropout=dropout)`` that returns a
-batch-first module mapping inputs (B, T, F) to ``(outputs (B, T, H), state)``.
+on CPU (``models.compiled_loops``). A cell joins by adding one entry to ``CELLS``:
+anything callable as ``builder(input_size, hidden_size, num_layers, dropout=dropout)``
+that returns a batch-first module mapping inputs (B, T, F) to
+``(outputs (B, T, H), state)``.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def test_the_lstm_kernels_gradients_pass_gradcheck():
 
     def layer(x, w_ih, w_hh, bias, g_ih, g_hh, g_c, s_c, h0, c0):
         outputs, (h, c) = compiled_loops.lstm_layer(x, w_ih, w_hh, bias, g_ih, g_hh, g_c,
-                                                        s_c, 1e-5, (h0, c0))
+                                                    s_c, 1e-5, (h0, c0))
         return outputs, h, c
 
     inputs = (double(batch, steps, 2), double(4 * hidden, 2), double(4 * hidden, hidden),
@@ -93,7 +93,7 @@ def test_the_gru_kernels_gradients_pass_gradcheck():
 
     def layer(x, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, h0):
         outputs, (h,) = compiled_loops.gru_layer(x, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh,
-                                                     1e-5, (h0,))
+                                                 1e-5, (h0,))
         return outputs, h
 
     inputs = (double(batch, steps, 2), double(3 * hidden, 2), double(3 * hidden, hidden),
