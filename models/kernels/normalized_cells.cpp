@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -106,16 +107,34 @@ inline void normalize_backward(T* __restrict d, const T* __restrict xhat, int64_
 
 constexpr int64_t kGrain = 4;  // rows per task: a row is about a microsecond of work
 
-// Gradients summed over every row and step: per thread first, so that threads never
-// write to the same place, then over the threads.
+// Sums over rows, taken in the passes over them: each thread adds its rows into its own
+// row of `partial`, so that threads never write to the same place, and `total` adds the
+// threads' rows up afterwards.
 template <typename T>
 struct ThreadSums {
-  at::Tensor sums;  // (threads, width)
-  ThreadSums(const at::Tensor& like, int64_t width)
-      : sums(at::zeros({at::get_num_threads(), width}, like.options())) {}
-  T* mine() { return sums.data_ptr<T>() + at::get_thread_num() * sums.size(1); }
-  at::Tensor total(int64_t begin, int64_t width) const {
-    return sums.narrow(1, begin, width).sum(0);
+  int64_t width;
+  std::vector<T> partial, sum;
+  explicit ThreadSums(int64_t width_)
+      : width(width_), partial(at::get_num_threads() * width_, T(0)), sum(width_) {}
+  void clear() { std::fill(partial.begin(), partial.end(), T(0)); }
+  T* mine() { return partial.data() + at::get_thread_num() * width; }
+  const T* total() {
+    std::fill(sum.begin(), sum.end(), T(0));
+    for (size_t k = 0; k < partial.size(); k += width)
+      for (int64_t j = 0; j < width; ++j) sum[j] += partial[k + j];
+    return sum.data();
+  }
+  // The total as a tensor like `like`, cut into parts of these widths.
+  std::vector<at::Tensor> total_parts(const at::Tensor& like, std::vector<int64_t> widths) {
+    at::Tensor all = like.new_empty({width});
+    std::copy_n(total(), width, all.data_ptr<T>());
+    std::vector<at::Tensor> parts;
+    int64_t begin = 0;
+    for (int64_t w : widths) {
+      parts.push_back(all.narrow(0, begin, w));
+      begin += w;
+    }
+    return parts;
   }
 };
 
@@ -308,11 +327,10 @@ std::vector<at::Tensor> ln_lstm_backward(const at::Tensor& d_out, const at::Tens
   auto d_hh = d_out.new_empty({steps, batch, G});
   std::vector<at::Tensor> sums;
   AT_DISPATCH_FLOATING_TYPES(d_out.scalar_type(), "ln_lstm_backward", [&] {
-    ThreadSums<scalar_t> per_thread(d_out, 3 * G + 2 * H);
+    ThreadSums<scalar_t> per_thread(3 * G + 2 * H);
     lstm_backward_steps<scalar_t>(d_out.contiguous(), xp, d_h, d_c, gain_ih, weight_hh,
                                   gain_hh, gain_c, s, d_xp, d_hh, per_thread);
-    for (int64_t begin : {int64_t(0), G, 2 * G}) sums.push_back(per_thread.total(begin, G));
-    for (int64_t begin : {3 * G, 3 * G + H}) sums.push_back(per_thread.total(begin, H));
+    sums = per_thread.total_parts(d_out, {G, G, G, H, H});
   });
   auto d_weight = at::mm(flat(d_hh).t(), flat(s.hs.narrow(0, 0, steps)));
   return {d_xp, sums[0], sums[1], d_weight, sums[2], sums[3], sums[4], d_h, d_c};
@@ -469,10 +487,10 @@ std::vector<at::Tensor> ln_gru_backward(const at::Tensor& d_out, const at::Tenso
   auto d_hh = d_out.new_empty({steps, batch, G});
   std::vector<at::Tensor> sums;
   AT_DISPATCH_FLOATING_TYPES(d_out.scalar_type(), "ln_gru_backward", [&] {
-    ThreadSums<scalar_t> per_thread(d_out, 4 * G);
+    ThreadSums<scalar_t> per_thread(4 * G);
     gru_backward_steps<scalar_t>(d_out.contiguous(), xp, d_h, gain_ih, weight_hh, bias_hh,
                                  gain_hh, s, d_xp, d_hh, per_thread);
-    for (int64_t k = 0; k < 4; ++k) sums.push_back(per_thread.total(k * G, G));
+    sums = per_thread.total_parts(d_out, {G, G, G, G});
   });
   auto d_weight = at::mm(flat(d_hh).t(), flat(s.hs.narrow(0, 0, steps)));
   return {d_xp, sums[0], sums[1], d_weight, sums[2], sums[3], d_h};
@@ -641,24 +659,6 @@ inline void column_norm_backward(T* __restrict d, const T* __restrict x,
   }
 }
 
-// Column sums of one pass over the rows, taken in that pass: each thread adds its rows
-// into its own row of `partial`, and `total` adds the threads' rows up afterwards.
-template <typename T>
-struct PartialSums {
-  int64_t width;
-  std::vector<T> partial, sum;
-  explicit PartialSums(int64_t width_)
-      : width(width_), partial(at::get_num_threads() * width_), sum(width_) {}
-  void clear() { std::fill(partial.begin(), partial.end(), T(0)); }
-  T* mine() { return partial.data() + at::get_thread_num() * width; }
-  const T* total() {
-    std::fill(sum.begin(), sum.end(), T(0));
-    for (size_t k = 0; k < partial.size(); k += width)
-      for (int64_t j = 0; j < width; ++j) sum[j] += partial[k + j];
-    return sum.data();
-  }
-};
-
 // Sums, over every step: d bias, d gain_ih, d gain_hh (G each), d gain_c, d shift_c (H).
 template <typename T>
 void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor& d_h,
@@ -676,8 +676,8 @@ void bn_backward_steps(const at::Tensor& d_out, const at::Tensor& xp, at::Tensor
   T *d_xp_p = d_xp.data_ptr<T>(), *d_hh_p = d_hh.data_ptr<T>();
   T *dh = d_h.data_ptr<T>(), *dc = d_c.data_ptr<T>();
   std::vector<T> d_cn(batch * H);
-  PartialSums<T> cell_sums(2 * H);  // of d_cn and d_cn * chat
-  PartialSums<T> gate_sums(3 * G);  // of dp, dp * xhat and dp * hhat
+  ThreadSums<T> cell_sums(2 * H);  // of d_cn and d_cn * chat
+  ThreadSums<T> gate_sums(3 * G);  // of dp, dp * xhat and dp * hhat
   const T per_row = from_batch ? T(1) / batch : T(0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t first = t * batch;
