@@ -140,7 +140,7 @@ struct ThreadSums {
 
 void check(const at::Tensor& x, int64_t dims, const char* name) {
   TORCH_CHECK(x.dim() == dims && x.is_contiguous() && x.device().is_cpu(),
-              "layer-norm cell kernel: ", name, " must be a contiguous CPU tensor of ", dims,
+              "normalized cell kernel: ", name, " must be a contiguous CPU tensor of ", dims,
               " dimensions");
 }
 
