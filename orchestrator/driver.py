@@ -42,8 +42,8 @@ from orchestrator.config import Config, load_config
 from orchestrator.forecast_plot import plot_test_forecasts
 from orchestrator.forecaster import Forecaster
 from orchestrator.language_model import TextObjective
-from orchestrator.metric_logger import SPOOL_DIR, Spool, spool_directory
 from orchestrator.progress import ProgressPrinter, board_on_this_node
+from orchestrator.spool import SPOOL_DIR, Spool, spool_directory
 from orchestrator.training_step import Place
 from orchestrator.transfer import Freezer, TransferPlan, load_source
 from orchestrator.transfer import plan as transfer_plan

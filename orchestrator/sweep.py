@@ -29,7 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from orchestrator import checkpoints, driver, sweep_report, tracking
 from orchestrator.config import Config
-from orchestrator.metric_logger import Spool, spool_directory
+from orchestrator.spool import Spool, spool_directory
 from orchestrator.sweep_file import Draw, Sweep, SweepError
 from orchestrator.sweep_report import TrialRow
 from orchestrator.trial import SweepContext, run_trial

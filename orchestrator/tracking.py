@@ -1,4 +1,5 @@
-"""Everything MLflow but the training loop's own logging (`orchestrator.metric_logger`).
+"""Everything MLflow but the training loop's own logging (`orchestrator.metric_logger`,
+`orchestrator.spool`).
 
 The driver opens the run before training and passes its id into the loop, so rank 0 of
 any worker group (the first, or one restarted after a failure) writes to the same run.

@@ -35,7 +35,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import checkpoints, driver, tracking
 from orchestrator.config import Config, with_values
-from orchestrator.metric_logger import MetricLogger, Spool, spool_directory
+from orchestrator.metric_logger import MetricLogger
+from orchestrator.spool import Spool, spool_directory
 
 log = logging.getLogger(__name__)
 

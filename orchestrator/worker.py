@@ -38,6 +38,7 @@ from orchestrator.diagnostics import Diagnostics
 from orchestrator.forecasting import ForecastObjective
 from orchestrator.guard import DivergenceGuard, Verdict
 from orchestrator.language_model import CarriedState, TextObjective, sample
+from orchestrator.metric_logger import MetricLogger
 from orchestrator.optimizers import build_optimizer
 from orchestrator.precision import Precision
 from orchestrator.progress import ProgressPoster
@@ -483,10 +484,6 @@ class Recorder:
 
     def __init__(self, loop_config: dict[str, Any], place: Place,
                  optimizer: torch.optim.Optimizer):
-        # Imported here, on rank 0 only: MLflow takes seconds to import, and the other
-        # ranks, which log nothing, would pay them in every run's start.
-        from orchestrator.metric_logger import MetricLogger
-
         board = loop_config.get("board")
         self._progress = ProgressPoster(board) if board is not None else None
         self._logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.metric_logger import SPOOL_DIR, MetricLogger, Spool
+from orchestrator.metric_logger import MetricLogger
+from orchestrator.spool import SPOOL_DIR, Spool
 from tests.integration.test_resume_and_restart import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration

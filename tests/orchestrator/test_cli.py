@@ -135,16 +135,14 @@ def test_sync_with_nothing_kept_sends_nothing(workdir, capsys):
 def test_sync_while_the_server_is_still_away_keeps_everything(workdir, capsys):
     import socket
 
-    from mlflow.entities import Metric
-
     from orchestrator.cli import EXIT_FAILED
-    from orchestrator.metric_logger import SPOOL_DIR, Spool
+    from orchestrator.spool import SPOOL_DIR, Spool
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         gone = f"http://127.0.0.1:{sock.getsockname()[1]}"
     spool = Spool(str(workdir / "runs" / "away" / SPOOL_DIR))
-    spool.add_batch(gone, "abc", [Metric("train_loss", 0.5, 0, 1)], [])
+    spool.add_batch(gone, "abc", [("train_loss", 0.5, 0, 1)], [])
     code = main(["sync", "runs/away"])
     _, err = capsys.readouterr()
     assert code == EXIT_FAILED and "still cannot be reached" in err and "Traceback" not in err

@@ -9,8 +9,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import metric_logger
-from orchestrator.metric_logger import MetricLogger, Spool
+from orchestrator import spool as spool_module
+from orchestrator.metric_logger import MetricLogger
+from orchestrator.spool import Spool
+from pipelines.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def run_id(store, tmp_path) -> str:
 
 @pytest.fixture
 def spool_dir(tmp_path) -> str:
-    return str(tmp_path / "run" / metric_logger.SPOOL_DIR)
+    return str(tmp_path / "run" / spool_module.SPOOL_DIR)
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ def test_metric_logger_sends_each_metric_once(store, run_id, spool_dir, batches)
 
 
 def test_metric_logger_splits_large_batches(store, run_id, spool_dir, monkeypatch, batches):
-    monkeypatch.setattr(metric_logger, "_BATCH_LIMIT", 7)
+    monkeypatch.setattr(spool_module, "_BATCH_LIMIT", 7)
     uri, client = store
     logger = MetricLogger(uri, run_id, spool_dir, flush_every_s=3600)
     for step in range(20):
@@ -123,6 +125,27 @@ def test_metric_logger_uploads_files_and_a_redrawing_replaces_them(store, run_id
         "diagnostics/figure.png"]
     local = client.download_artifacts(run_id, "diagnostics/figure.png", str(tmp_path / "back"))
     assert open(local).read() == "second"
+
+
+def test_a_spool_location_that_cannot_be_opened_fails_the_flush(store, run_id):
+    """The sender thread opens the spool; what stops it is raised on the training thread."""
+    uri, _ = store
+    logger = MetricLogger(uri, run_id, "nosuch://bucket/run/mlflow_spool", flush_every_s=3600)
+    logger.log(1, {"train_loss": 1.0})
+    with pytest.raises(DataError, match="nosuch://bucket/run/mlflow_spool: cannot open"):
+        logger.flush()
+    with pytest.raises(DataError):
+        logger.last_step("train_loss")
+
+
+def test_last_step_is_read_from_the_store(store, run_id, spool_dir):
+    uri, _ = store
+    logger = MetricLogger(uri, run_id, spool_dir, flush_every_s=3600)
+    assert logger.last_step("train_loss") == 0
+    for step in (1, 7, 3):
+        logger.log(step, {"train_loss": 1.0})
+    logger.flush()
+    assert logger.last_step("train_loss") == 7
 
 
 # --- the server goes away ------------------------------------------------------------------
