@@ -14,8 +14,9 @@ hits them alike: as shipped (on a local Ray, Ray Train's preemption watcher is o
 controller polls its workers every 0.5 s, see `driver.start_ray`), with Ray's default
 2 s poll, with the watcher forced on (Ray's default), and with glibc's malloc defaults
 (`GLIBC_TUNABLES=`: the workers then need no runtime environment of their own, see
-`orchestrator.allocator`). Medians of the repeats are reported. Exits non-zero when it
-could not measure.
+`orchestrator.allocator`). With `--before <checkout>`, the command as of an earlier commit
+takes turns with them too, for a before/after measured side by side. Medians of the
+repeats are reported. Exits non-zero when it could not measure.
 
     .venv/bin/python benchmarks/startup.py                       # about 11 minutes on 2 cores
     .venv/bin/python benchmarks/startup.py --repeats 3 --out benchmarks/results/startup.md
@@ -59,7 +60,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the results as Markdown here")
+    parser.add_argument("--before", type=Path,
+                        help="a checkout of an earlier commit (`git worktree add`): its "
+                             "`rnn-orch train` takes turns with the others (PYTHONPATH)")
     args = parser.parse_args()
+    if args.before:
+        commit = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        VARIANTS[f"before: commit {commit}"] = {"PYTHONPATH": str(args.before.resolve())}
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
