@@ -350,14 +350,12 @@ def make_batches(config: Config, info: TaskInfo, place: Place, forecast: dict | 
                              config.seed, place.rank, place.world)
     if config.task.name == "parquet":
         t = config.task
-        bucketing = t.bucket_batches > 1
         return ShardBatches(
             ray.train.get_dataset_shard("train"),  # [ray]
             ray.train.get_dataset_shard("val"),  # [ray]
             config.train.batch_size,
             PaddingCollate(info.kind),
-            WindowCollate(info.kind, config.train.batch_size, by_length=bucketing),
-            t.bucket_batches,
+            WindowCollate(info.kind, config.train.batch_size, t.bucket_batches),
             t.shuffle_rows,
             config.seed,
             place.rank,

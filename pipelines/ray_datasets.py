@@ -9,8 +9,8 @@ Ray Train worker:
     for batch in shard.iter_torch_batches(batch_size=64, collate_fn=PaddingCollate(info.kind)):
         ...                                                # the batch format of collate.py
 
-Training reads windows of several batches through `WindowCollate` instead, to bucket
-rows by length (sources.ShardBatches).
+Training reads several batches' rows at a time through `WindowCollate` instead, to
+shuffle and bucket them (sources.ShardBatches).
 """
 
 from __future__ import annotations
@@ -78,16 +78,25 @@ class PaddingCollate(ArrowBatchCollateFn):
 
 
 class WindowCollate(ArrowBatchCollateFn):
-    """`iter_torch_batches` collate_fn for training: a window of several batches' worth of
-    rows -> a list of padded torch batches (`collate.cut_window`), sorted by length first
-    when `by_length` (length bucketing). Runs on Ray's collate threads, so the sorting and
-    padding overlap training; the list is not moved to a device by Ray (the training loop
-    moves each batch)."""
+    """`iter_torch_batches` collate_fn for training: the rows of one read (one or more
+    windows of `bucket_batches` batches) -> a list of padded torch batches
+    (`collate.cut_window`), each window's rows sorted by length first when
+    `bucket_batches` > 1 (length bucketing). Runs on Ray's collate threads, so the
+    sorting and padding overlap training; the list is not moved to a device by Ray (the
+    training loop moves each batch)."""
 
-    def __init__(self, kind: str, batch_size: int, by_length: bool) -> None:
+    def __init__(self, kind: str, batch_size: int, bucket_batches: int) -> None:
         super().__init__()
-        self.kind, self.batch_size, self.by_length = check_kind(kind), batch_size, by_length
+        self.kind, self.batch_size, self.bucket_batches = (check_kind(kind), batch_size,
+                                                           bucket_batches)
 
-    def __call__(self, window: pa.Table) -> list[dict[str, torch.Tensor]]:
+    @property
+    def window_rows(self) -> int:
+        """The rows sorted by length together; a read holds a whole number of windows."""
+        return self.bucket_batches * self.batch_size
+
+    def __call__(self, rows: pa.Table) -> list[dict[str, torch.Tensor]]:
         return [to_torch(batch)
-                for batch in cut_window(window, self.kind, self.batch_size, self.by_length)]
+                for start in range(0, rows.num_rows, self.window_rows)
+                for batch in cut_window(rows.slice(start, self.window_rows), self.kind,
+                                        self.batch_size, by_length=self.bucket_batches > 1)]

@@ -110,7 +110,7 @@ def _stream(directory: Path, steps: int, position=None, window: int = 1, seed: i
     efficiency, and where the stream stands after them."""
     split = read_split(directory)
     batches = ShardBatches(split.iterator(), split.iterator(), 8, PaddingCollate("sequence"),
-                           WindowCollate("sequence", 8, by_length=window > 1), window,
+                           WindowCollate("sequence", 8, window),
                            shuffle_rows=shuffle_rows, seed=seed, rank=0, position=position,
                            keep_rows=keep_rows)
     ids, efficiency = [], []
@@ -162,7 +162,7 @@ def test_a_shard_kept_in_memory_is_read_once(tmp_path: Path, ordered_reads) -> N
     for keep_rows, passes in ((False, 3), (True, 1)):
         train = _CountedPasses(split.iterator())
         batches = ShardBatches(train, split.iterator(), 8, PaddingCollate("sequence"),
-                               WindowCollate("sequence", 8, False), 1, shuffle_rows=32, seed=0,
+                               WindowCollate("sequence", 8, 1), shuffle_rows=32, seed=0,
                                rank=0, keep_rows=keep_rows)
         for step in range(1, 18):  # into the third epoch
             batches.train_batch(step, _AllRows())
@@ -188,14 +188,51 @@ def test_length_bucketing_pads_less_and_resumes_exactly(tmp_path: Path, ordered_
     assert head + tail == bucketed_ids
 
 
+@pytest.mark.parametrize(("shuffle_rows", "bucket_batches", "read", "buffer"), [
+    (32, 1, 32, 32), (20, 1, 24, 24), (32, 3, 48, 48), (0, 1, 8, None), (0, 2, 16, None)])
+def test_a_streamed_epoch_is_read_a_shuffle_buffer_at_a_time(
+        tmp_path: Path, ordered_reads, shuffle_rows: int, bucket_batches: int, read: int,
+        buffer: int | None) -> None:
+    """Each read Ray Data hands over costs the same CPU whatever its size, so a read holds
+    the shuffle buffer's rows, in whole windows of `bucket_batches` batches of 8."""
+    _write_ragged(tmp_path / "train", rows=64, files=4)
+    split = read_split(tmp_path / "train")
+    train = _CountedPasses(split.iterator())
+    batches = ShardBatches(train, split.iterator(), 8, PaddingCollate("sequence"),
+                           WindowCollate("sequence", 8, bucket_batches),
+                           shuffle_rows=shuffle_rows, seed=0, rank=0)
+    ids = [batches.train_batch(step, _AllRows())["inputs"][:, 0, 0].int().tolist()
+           for step in range(1, 9)]  # one epoch
+    assert sorted(sum(ids, [])) == list(range(64))
+    assert train.options["batch_size"] == read
+    assert train.options["local_shuffle_buffer_size"] == buffer
+
+
+def test_window_collate_sorts_each_window_of_a_read_alone() -> None:
+    lengths = [9, 2, 7, 3, 8, 1, 6, 4]
+    rows = pa.table({
+        "inputs": pa.array([[[float(i)]] * n for i, n in enumerate(lengths)],
+                           type=pa.list_(pa.list_(pa.float32()))),
+        "targets": pa.array(range(len(lengths)), type=pa.int64()),
+    })
+    batches = WindowCollate("sequence", 2, 2)(rows)  # two windows of 4 rows
+    assert [batch["lengths"].tolist() for batch in batches] == [[2, 3], [7, 9], [1, 4],
+                                                                 [6, 8]]
+    unsorted = WindowCollate("sequence", 2, 1)(rows)
+    assert [batch["targets"].tolist() for batch in unsorted] == [[0, 1], [2, 3], [4, 5],
+                                                                  [6, 7]]
+
+
 class _CountedPasses:
-    """A Ray Data iterator that counts the passes started over it."""
+    """A Ray Data iterator that counts the passes started over it and keeps the last
+    pass's options."""
 
     def __init__(self, iterator) -> None:
-        self.iterator, self.passes = iterator, 0
+        self.iterator, self.passes, self.options = iterator, 0, {}
 
     def iter_torch_batches(self, **options):
         self.passes += 1
+        self.options = options
         return self.iterator.iter_torch_batches(**options)
 
     def iter_batches(self, **options):
@@ -210,7 +247,7 @@ def test_validation_rows_are_read_once_when_they_fit_and_streamed_when_not(
     monkeypatch.setattr(sources, "VALIDATION_CACHE_BYTES", limit)
     val = _CountedPasses(read_split(tmp_path / "val", "difficulty").iterator())
     batches = ShardBatches(read_split(tmp_path / "val").iterator(), val, 8,
-                           PaddingCollate("sequence"), WindowCollate("sequence", 8, False), 1,
+                           PaddingCollate("sequence"), WindowCollate("sequence", 8, 1),
                            shuffle_rows=0, seed=0, rank=0)
 
     def rows(level=None) -> dict[int, int]:
