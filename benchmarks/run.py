@@ -72,6 +72,8 @@ BENCHMARKS = (
                "--threads", "2", "1"), minutes=2),
     Benchmark("parquet_pipeline", "Parquet through Ray Data against batches made in "
               "memory", ("--repeats", "3"), minutes=11),
+    Benchmark("parquet_reads", "Ray Data's iterator: CPU per training batch, by the rows a "
+              "read hands over", (), minutes=2),
     Benchmark("bucketing", "length bucketing of ragged Parquet rows against shuffled "
               "batches", (), minutes=9),
     Benchmark("packed_sequences", "packed against padded and bucketed batches",

@@ -88,11 +88,13 @@ class ShardBatches:
     epoch repeats exactly, and `position` (epoch, batches taken), kept in checkpoints, is
     enough to continue mid-epoch where a run stopped.
 
-    Ray Data hands the rows over a read at a time: when shuffling, a read holds the
-    shuffle buffer's worth of rows (rounded up to whole windows), else one window. Each
-    handover costs Ray's iterator the same CPU however many rows it holds, taken from the
-    training on a busy machine: on 2 cores, reads of 1024 rows took half the CPU per
-    batch of reads of one batch of 64 rows.
+    Ray Data hands the rows over a read at a time, a whole number of windows: when
+    shuffling, half the shuffle buffer's rows, else one window. Each handover costs Ray's
+    iterator about the same CPU however many rows it holds, and on a busy machine that CPU
+    is taken from training (benchmarks/parquet_reads.py). Ray's shuffle buffer hands over
+    full reads only while it holds at least two (it refills when it is half empty and
+    otherwise hands over what is left, and rows short of a batch would be dropped), so the
+    buffer is raised to two reads where `shuffle_rows` is smaller.
 
     A shard that fits in memory (`keep_rows`: task.keep_rows_mb against the files' sizes,
     the same on every rank and at every restart) is read through Ray Data once, in its
@@ -114,8 +116,8 @@ class ShardBatches:
         self._batch_size, self._collate = batch_size, collate
         self._window_collate = window_collate
         window = window_collate.window_rows
-        self._read_rows = max(-(-shuffle_rows // window), 1) * window  # whole windows
-        self._shuffle_rows = self._read_rows if shuffle_rows else None
+        self._read_rows = max(shuffle_rows // 2 // window, 1) * window
+        self._shuffle_rows = max(shuffle_rows, 2 * self._read_rows) if shuffle_rows else None
         self._seed, self._rank = seed, rank
         self._epoch, self._taken = (position["epoch"], position["taken"]) if position else (0, 0)
         self._validation: list[dict[str, torch.Tensor]] | None = None

@@ -189,12 +189,14 @@ def test_length_bucketing_pads_less_and_resumes_exactly(tmp_path: Path, ordered_
 
 
 @pytest.mark.parametrize(("shuffle_rows", "bucket_batches", "read", "buffer"), [
-    (32, 1, 32, 32), (20, 1, 24, 24), (32, 3, 48, 48), (0, 1, 8, None), (0, 2, 16, None)])
-def test_a_streamed_epoch_is_read_a_shuffle_buffer_at_a_time(
+    (32, 1, 16, 32), (20, 1, 8, 20), (64, 2, 32, 64), (32, 3, 24, 48), (0, 1, 8, None),
+    (0, 2, 16, None)])
+def test_a_streamed_epoch_is_read_half_a_shuffle_buffer_at_a_time(
         tmp_path: Path, ordered_reads, shuffle_rows: int, bucket_batches: int, read: int,
         buffer: int | None) -> None:
-    """Each read Ray Data hands over costs the same CPU whatever its size, so a read holds
-    the shuffle buffer's rows, in whole windows of `bucket_batches` batches of 8."""
+    """Each read Ray Data hands over costs about the same CPU whatever its size, so a read
+    holds half the shuffle buffer's rows, in whole windows of `bucket_batches` batches of
+    8, and the buffer holds at least two reads."""
     _write_ragged(tmp_path / "train", rows=64, files=4)
     split = read_split(tmp_path / "train")
     train = _CountedPasses(split.iterator())
@@ -206,6 +208,20 @@ def test_a_streamed_epoch_is_read_a_shuffle_buffer_at_a_time(
     assert sorted(sum(ids, [])) == list(range(64))
     assert train.options["batch_size"] == read
     assert train.options["local_shuffle_buffer_size"] == buffer
+
+
+def test_a_streamed_epoch_holds_every_row_when_a_window_is_the_whole_shuffle_buffer(
+        tmp_path: Path, ordered_reads) -> None:
+    """Ray's shuffle buffer hands over what it holds, short of a read, when it holds less
+    than two reads; the rows short of a batch would be dropped from the epoch."""
+    _write_ragged(tmp_path / "train", rows=1000, files=4)  # files of 7.8 windows of 32
+    split = read_split(tmp_path / "train")
+    batches = ShardBatches(split.iterator(), split.iterator(), 8, PaddingCollate("sequence"),
+                           WindowCollate("sequence", 8, 4), shuffle_rows=32, seed=0, rank=0)
+    ids = [batches.train_batch(step, _AllRows())["inputs"][:, 0, 0].int().tolist()
+           for step in range(1, 126)]  # 125 batches an epoch
+    assert sorted(sum(ids, [])) == list(range(1000))
+    assert batches.position() == {"epoch": 0, "taken": 125}
 
 
 def test_window_collate_sorts_each_window_of_a_read_alone() -> None:
