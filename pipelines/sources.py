@@ -81,12 +81,15 @@ class ShardBatches:
     batches only, so every rank takes the same number of steps per epoch (the shards hold
     equal rows) and the epochs of all ranks end together.
 
-    Every epoch is shuffled with its own seed, derived from (seed, rank, epoch): Ray Data's
-    local shuffle buffer of `shuffle_rows` rows (0 = file order) reorders the rows, and
-    the batches of each read are taken in a shuffled order. The shard itself must arrive
-    in the same order every epoch (Ray Data's `preserve_order`, set by the driver). So an
-    epoch repeats exactly, and `position` (epoch, batches taken), kept in checkpoints, is
-    enough to continue mid-epoch where a run stopped.
+    Every epoch is shuffled with its own seeds: Ray Data's local shuffle buffer of
+    `shuffle_rows` rows (0 = file order) reorders the rows with a seed derived from (seed,
+    rank, epoch), and the batches of each read are taken in an order derived from (seed,
+    epoch), the same on every rank. Bucketed, each rank's windows are sorted by length,
+    so at every step the ranks take batches of like lengths and none waits long for the
+    others at the gradients' all-reduce. The shard itself must arrive in the same order
+    every epoch (Ray Data's `preserve_order`, set by the driver). So an epoch repeats
+    exactly, and `position` (epoch, batches taken), kept in checkpoints, is enough to
+    continue mid-epoch where a run stopped.
 
     Ray Data hands the rows over a read at a time, a whole number of windows: when
     shuffling, half the shuffle buffer's rows, else one window. Each handover costs Ray's
@@ -178,9 +181,9 @@ class ShardBatches:
         not handed out."""
         rows = self._kept_rows() if self._keep_rows else None
         while True:
-            seeds = np.random.SeedSequence([self._seed, self._rank, self._epoch])
-            shuffle_seed, order_seed = (int(seed) for seed in seeds.generate_state(2))
-            order = np.random.default_rng(order_seed)
+            shuffle_seed = int(np.random.SeedSequence(
+                [self._seed, self._rank, self._epoch]).generate_state(1)[0])
+            order = np.random.default_rng([self._seed, self._epoch])  # alike on every rank
             read = 0
             for batches in (self._streamed_reads(shuffle_seed) if rows is None
                             else self._kept_reads(rows, shuffle_seed)):

@@ -224,6 +224,26 @@ def test_a_streamed_epoch_holds_every_row_when_a_window_is_the_whole_shuffle_buf
     assert batches.position() == {"epoch": 0, "taken": 125}
 
 
+@pytest.mark.parametrize("keep_rows", [False, True], ids=["streamed", "kept"])
+def test_bucketed_ranks_take_batches_of_like_lengths_at_each_step(
+        tmp_path: Path, ordered_reads, keep_rows: bool) -> None:
+    """Each rank shuffles its rows with a seed of its own, but takes the batches of a read
+    in the same order, so the ranks of a bucketed run wait little for each other."""
+    _write_ragged(tmp_path / "train", rows=256, files=4)  # lengths 1 to 16
+
+    def longest(rank: int) -> list[int]:
+        split = read_split(tmp_path / "train")
+        batches = ShardBatches(split.iterator(), split.iterator(), 8,
+                               PaddingCollate("sequence"), WindowCollate("sequence", 8, 4),
+                               shuffle_rows=64, seed=0, rank=rank, keep_rows=keep_rows)
+        return [int(batches.train_batch(step, _AllRows())["lengths"].max())
+                for step in range(1, 33)]  # one epoch
+
+    first, second = longest(0), longest(1)
+    assert first != second  # the ranks' rows differ
+    assert np.mean(np.abs(np.subtract(first, second))) <= 1.5, (first, second)
+
+
 def test_window_collate_sorts_each_window_of_a_read_alone() -> None:
     lengths = [9, 2, 7, 3, 8, 1, 6, 4]
     rows = pa.table({
