@@ -7,12 +7,14 @@ are spread evenly over [--min-len, --max-len], two ways on one local Ray:
 - bucketed: the rows of --window batches sorted by length together, cut into batches,
   taken in a shuffled order (`task.bucket_batches=WINDOW`).
 
-Both ways train on the same rows: the runs are whole epochs, so each trains every row
-the same number of times and only the padding differs. Throughput is real (unpadded)
-steps per second in the steady state: the extra real steps of the long run over its
-extra seconds, so start-up cancels out. Padding efficiency (real steps / computed steps)
-is the mean of the `padding_efficiency` the long run logged at every step. Exits non-zero
-when it could not measure.
+Both ways train on the same rows: each run is timed over whole epochs (from the end of
+epoch --epochs[0] to the end of epoch --epochs[1], between those steps' MLflow
+timestamps, `timed_runs.logged_seconds`), so each trains every row the same number of
+times and only the padding differs, and start-up is left out. Throughput is real
+(unpadded) steps per second. The ways take turns, --repeats times, and the median is
+kept. Padding efficiency (real steps / computed steps) is the mean of the
+`padding_efficiency` the way's runs logged at every step. Exits non-zero when it could
+not measure.
 
     .venv/bin/python benchmarks/bucketing.py                      # ~6 min on 2 cores
     .venv/bin/python benchmarks/bucketing.py --out benchmarks/results/bucketing.md
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 import ray
 from machine import results_header
 from mlflow.tracking import MlflowClient
-from timed_runs import extra_seconds
+from timed_runs import logged_seconds
 
 from pipelines.synthetic import AddingProblem, rng_for
 
@@ -48,7 +50,9 @@ def main() -> None:
     parser.add_argument("--epoch-steps", type=int, default=32,
                         help="steps in one epoch of the data")
     parser.add_argument("--epochs", type=int, nargs=2, default=[1, 3],
-                        help="the two run lengths, in epochs")
+                        help="time each run from the end of the first epoch given to the "
+                             "end of the second")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the results as Markdown here")
     args = parser.parse_args()
     if args.epoch_steps % args.window:
@@ -65,14 +69,19 @@ def main() -> None:
                   f"run.storage_path={root / 'runs'}", "tracking.experiment=bench",
                   f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
         ways = {"padded": 1, "bucketed": args.window}
+        speeds: dict[str, list[float]] = {way: [] for way in ways}
         ray.init(log_to_driver=False)
         try:
-            results = {}
-            for way, window in ways.items():
-                seconds = extra_seconds([*common, f"task.bucket_batches={window}"], short, long)
-                efficiency = padding_efficiency(root / "mlflow.db", long, window)
-                results[way] = (real_steps * (args.epochs[1] - args.epochs[0]) / seconds,
-                                efficiency)
+            for _ in range(args.repeats):
+                for way, window in ways.items():
+                    seconds = logged_seconds([*common, f"task.bucket_batches={window}"],
+                                             short, long)
+                    speeds[way].append(real_steps * (args.epochs[1] - args.epochs[0])
+                                       / seconds)
+                    print(f"  {way}: {speeds[way][-1]:,.0f} real steps/s", file=sys.stderr,
+                          flush=True)
+            results = {way: (speeds[way], padding_efficiency(root / "mlflow.db", window))
+                       for way, window in ways.items()}
         finally:
             ray.shutdown()
 
@@ -104,34 +113,36 @@ def write_ragged(directory: Path, rows: int, args) -> int:
     return total
 
 
-def padding_efficiency(store: Path, steps: int, window: int) -> float:
-    """Mean `padding_efficiency` over the steps of the way's run of `steps` steps."""
+def padding_efficiency(store: Path, window: int) -> float:
+    """Mean `padding_efficiency` over every step of the way's runs."""
     client = MlflowClient(f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("bench").experiment_id
     runs = client.search_runs([experiment], filter_string=(
-        f"params.`train.steps` = '{steps}' and params.`task.bucket_batches` = '{window}'"))
-    if len(runs) != 1:
-        sys.exit(f"expected one run of {steps} steps with bucket_batches={window}, "
-                 f"found {len(runs)}")
-    history = client.get_metric_history(runs[0].info.run_id, "padding_efficiency")
-    return statistics.fmean(m.value for m in history)
+        f"params.`task.bucket_batches` = '{window}'"))
+    if not runs:
+        sys.exit(f"found no run with bucket_batches={window}")
+    return statistics.fmean(m.value for run in runs for m in
+                            client.get_metric_history(run.info.run_id, "padding_efficiency"))
 
 
-def report(results: dict[str, tuple[float, float]], args, rows: int) -> list[str]:
-    padded = results["padded"][0]
+def report(results: dict[str, tuple[list[float], float]], args, rows: int) -> list[str]:
+    padded = statistics.median(results["padded"][0])
     lines = [
         *results_header("Length bucketing on ragged sequences"),
         f"- Model: LSTM H={args.hidden}, adding problem with lengths {args.min_len} to "
         f"{args.max_len}, batch {args.batch} per worker, {args.workers} workers",
         f"- Data: {rows} training rows ({args.epoch_steps} steps an epoch), shuffled every "
         f"epoch; bucketed = task.bucket_batches={args.window}",
-        f"- Throughput: real steps/s in the steady state, from runs of {args.epochs[0]} and "
-        f"{args.epochs[1]} epochs (start-up cancels out)",
+        f"- Throughput: real steps/s from the end of epoch {args.epochs[0]} to the end of "
+        f"epoch {args.epochs[1]} of runs of {args.epochs[1]} epochs, from MLflow's step "
+        f"timestamps; median of {args.repeats} runs taking turns",
         "",
-        "| way | padding efficiency | real steps/s | against padded |",
-        "|---|---:|---:|---:|",
+        "| way | padding efficiency | real steps/s | runs | against padded |",
+        "|---|---:|---:|---|---:|",
     ]
-    lines += [f"| {way} | {efficiency:.2f} | {speed:,.0f} | {speed / padded:.2f} |"
+    lines += [f"| {way} | {efficiency:.2f} | {statistics.median(speed):,.0f} | "
+              f"{', '.join(f'{run:,.0f}' for run in speed)} | "
+              f"{statistics.median(speed) / padded:.2f} |"
               for way, (speed, efficiency) in results.items()]
     return lines
 
