@@ -75,7 +75,7 @@ BENCHMARKS = (
     Benchmark("parquet_reads", "Ray Data's iterator: CPU per training batch, by the rows a "
               "read hands over", (), minutes=2),
     Benchmark("bucketing", "length bucketing of ragged Parquet rows against shuffled "
-              "batches", (), minutes=9),
+              "batches", (), minutes=6),
     Benchmark("packed_sequences", "packed against padded and bucketed batches",
               ("--repeats", "3", "--window", "8"), minutes=5),
     Benchmark("gpu_step", "on a GPU: rnn-orch's step against a plain loop, per cell and "
