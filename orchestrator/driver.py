@@ -256,9 +256,12 @@ def plan_transfer(config: Config, info: TaskInfo) -> TransferPlan | None:
 def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_id: str,
                      board=None, init_checkpoint: ray.train.Checkpoint | None = None,
                      forecast: dict | None = None,
-                     init_weights: dict | None = None, text: dict | None = None) -> dict:
+                     init_weights: dict | None = None, text: dict | None = None,
+                     report_validations: bool = False) -> dict:
     """What every worker's loop receives, as plain values (see `train_loop_per_worker`).
-    The driver reads the Parquet footers for `train_bytes` once, not every worker."""
+    The driver reads the Parquet footers for `train_bytes` once, not every worker.
+    `report_validations`: report every validation to Ray, not only those with a
+    checkpoint (for a sweep's scheduler; `worker.report` says what a report costs)."""
     train_bytes = (arrow_bytes(Path(config.task.path) / "train")
                    if config.task.name == "parquet" else 0)
     return {"config": config.to_dict(), "task": dataclasses.asdict(info),
@@ -266,7 +269,7 @@ def make_loop_config(config: Config, info: TaskInfo, quantiles: list[int], run_i
             "tracking_uri": config.tracking.uri, "board": board,
             "spool_dir": spool_directory(config.run.storage_path, config.run.name),
             "init_checkpoint": init_checkpoint, "forecast": forecast, "text": text,
-            "init_weights": init_weights}
+            "init_weights": init_weights, "report_validations": report_validations}
 
 
 def ray_job_tags() -> dict[str, str]:

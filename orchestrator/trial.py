@@ -2,8 +2,9 @@
 
     Tuner(run_trial) -> run_trial(params) -> TorchTrainer(train_loop_per_worker).fit()
 
-With FIFO or ASHA a trial is one `fit()`: Ray Train's reports (one per validation)
-reach Tune through `TuneReportCallback`, and ASHA can stop the trial at any of them.
+With FIFO or ASHA a trial is one `fit()`: Ray Train's reports (one per validation; a
+run outside a sweep reports only its checkpoints) reach Tune through
+`TuneReportCallback`, and ASHA can stop the trial at any of them.
 
 Population-based training needs more. Tune can only hand a trial the weights of a
 better one if that trial reported a checkpoint to Tune itself, which Train inside Tune
@@ -70,7 +71,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         tracking.PARENT_TAG: context.parent_run_id, tracking.TRIAL_TAG: trial_id,
         **(tracking.lineage(config.tracking.uri, transfer.origin) if transfer else {})})
     loop_config = driver.make_loop_config(config, info, driver.data_difficulty(config), run_id,
-                                          init_weights=transfer.weights if transfer else None)
+                                          init_weights=transfer.weights if transfer else None,
+                                          report_validations=not context.pbt_interval)
     try:
         if context.pbt_interval:
             train_in_intervals(config, loop_config, context, trial_id)

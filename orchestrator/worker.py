@@ -133,13 +133,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if recorder:
             recorder.step(step, figures)
         if step % config.train.eval_every == 0 or step == config.train.steps:
+            checkpointing = step % config.train.checkpoint_every == 0 or step == config.train.steps
+            reporting = checkpointing or loop_config["report_validations"]  # see `report`
             validation = validate(model, batches.validation_batches(), objective, place,
                                   carries_state=carried is not None)
             validation |= advance_curriculum(curriculum, model, batches, objective, place)
             if recorder:
-                recorder.validation(step, validation)
+                recorder.validation(step, validation, send_now=reporting)
             parts = None
-            if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+            if checkpointing:
                 if diagnostics and diagnostics.steps:
                     recorder.diagnostic_files(diagnostics)
                 parts = {"curriculum": curriculum.state_dict(), "clip": clipper.state_dict(),
@@ -152,8 +154,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if recorder and text:
                     recorder.samples(step, unwrap(model), batches.vocab,
                                      batches.prime(PRIME_LENGTH), config.seed)
-            report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
-                   place, checkpoint_files(forecast, text))
+            if reporting:
+                report(step, {**figures, **validation}, model, optimizer, spec, parts, config,
+                       place, checkpoint_files(forecast, text))
             if recorder:
                 recorder.reported()
     if recorder:
@@ -448,8 +451,12 @@ def report(step: int, figures: dict[str, float], model: torch.nn.Module,
     """Report a validation to Ray, with a checkpoint when `parts` (the loop helpers' states)
     are given. Every rank reports (it is a barrier); rank 0 alone writes the checkpoint.
 
-    Reports come only at validations: each one costs a round trip to Ray's controller,
-    and it is what a sweep's scheduler (ASHA) decides on.
+    A report waits until Ray Train's controller has taken the one before, and the
+    controller takes one each time it polls the workers (every 2 s on a cluster): a run
+    that reported every validation could train no faster than one validation per poll.
+    So the loop reports at checkpoints, and at the validations between them only where
+    somebody reads them (a sweep's scheduler, `loop_config["report_validations"]`); Ray
+    Train keeps no report without a checkpoint anyway.
     """
     metrics = {key: figures[key] for key in figures if key not in ("clipped", "tokens")}
     rng_states = gather_rng_states(place) if parts is not None else []
@@ -568,12 +575,16 @@ class Recorder:
         if self._progress:
             self._progress.note(f"step {step}: {cause}: {action}")
 
-    def validation(self, step: int, figures: dict[str, float]) -> None:
-        """Sent at once: a sweep's scheduler may stop the trial right after this report.
-        The learning rate of each layer (`lr/<layer>`) goes with it."""
+    def validation(self, step: int, figures: dict[str, float], send_now: bool) -> None:
+        """The learning rate of each layer (`lr/<layer>`) goes with the figures. `send_now`
+        before a report: a sweep's scheduler may stop the trial right after it, and a
+        resumed run logs from its checkpoint's step on, so what came before must be in
+        MLflow. Otherwise the figures go with the next batch, and training does not wait
+        for the store."""
         rates = {f"lr/{group['layer']}": group["lr"] for group in self._optimizer.param_groups}
         self._log(step, {**figures, **rates})
-        self._logger.flush()
+        if send_now:
+            self._logger.flush()
         if self._progress:
             self._progress.post({"step": step, "val_step": step, **figures}, force=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import numpy as np
 import pyarrow as pa
@@ -59,6 +61,25 @@ def test_adding_run_is_tracked_and_its_model_predicts(ray_address, workdir):
     assert np.mean((predictions - batch["targets"]) ** 2) < outcome.baseline
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"config.yaml", "best_checkpoint"} <= artifacts
+
+
+def test_validations_between_checkpoints_do_not_wait_for_ray_trains_controller(
+        ray_address, workdir):
+    """Ray Train's controller takes one report from a worker each time it polls (every
+    0.5 s with this suite's head, 2 s on a cluster), and a report waits for the one
+    before: a loop that reported every validation would train one validation's steps per
+    poll at most. Between checkpoints nothing is reported, so 35 steps, each validated,
+    take much less than 35 polls."""
+    poll = float(os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"])
+    config = tiny_config("train.steps=40", "train.eval_every=1", "train.checkpoint_every=40",
+                         "task.val_size=32")
+    outcome = driver.train(config)
+
+    client = MlflowClient(config.tracking.uri)
+    assert len(client.get_metric_history(outcome.run_id, "val_loss")) == 40
+    ended = {m.step: m.timestamp for m in client.get_metric_history(outcome.run_id,
+                                                                     "train_loss")}
+    assert (ended[40] - ended[5]) / 1000 < 35 * poll / 2
 
 
 def test_a_classifier_of_real_recordings_trains_from_parquet_shards(ray_address, workdir):
