@@ -70,6 +70,8 @@ BENCHMARKS = (
     Benchmark("cells", "normalized cells against torch's fused ones, forward + backward",
               ("--batch", "64", "--steps", "100", "--hidden", "128", "--repeats", "11",
                "--threads", "2", "1"), minutes=2),
+    Benchmark("validations", "validations every 50 steps against one at the end, under "
+              "Ray Train's controller polls", (), minutes=5),
     Benchmark("parquet_pipeline", "Parquet through Ray Data against batches made in "
               "memory", ("--repeats", "3"), minutes=11),
     Benchmark("parquet_reads", "Ray Data's iterator: CPU per training batch, by the rows a "
